@@ -1,0 +1,92 @@
+"""What codecs produce: frozen dataclasses, units in the names.
+
+Every decoded fix becomes one ``Position``: UTC time, WGS84 degrees, km/h,
+degrees of course, and attributes from one small closed vocabulary shared by
+all protocols (``ATTRIBUTES``). Protocol-specific values go in ``raw``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# The normalised attribute names every protocol maps onto.
+ATTRIBUTES = frozenset(
+    {
+        "ignition",  # bool: ACC / ignition on
+        "charging",  # bool: external power connected / charging
+        "power_cut",  # bool: alarm, external power removed
+        "external_power_v",  # float: supply voltage
+        "battery_v",  # float: internal battery voltage
+        "battery_pct",  # int 0..100
+        "low_battery",  # bool: alarm
+        "removed",  # bool: alarm, unit removed / tamper / light sensor
+        "sos",  # bool: alarm
+        "vibration",  # bool: alarm
+        "overspeed",  # bool: alarm
+        "jamming",  # bool: alarm, GSM/GPS jamming
+        "odometer_m",  # float
+        "motion",  # bool: the unit says it is moving
+        "gsm_signal",  # int: protocol's own scale, see raw
+        "hdop",  # float
+        "event",  # str: the unit's own event name (OsmAnd "event", ...)
+    }
+)
+
+# Attribute names that mean "the unit raised an alarm".
+ALARMS = frozenset({"power_cut", "low_battery", "removed", "sos", "vibration", "overspeed", "jamming"})
+
+
+@dataclass(frozen=True, slots=True)
+class Login:
+    """The unit told us who it is. Later frames on this connection are its own."""
+
+    unique_id: str
+    reply: bytes | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The unit is alive; it may carry status attributes (ignition, battery, alarms)."""
+
+    unique_id: str | None
+    reply: bytes | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """One fix, normalised. ``fix_time`` is an aware UTC datetime."""
+
+    unique_id: str | None
+    fix_time: datetime
+    lat: float
+    lon: float
+    valid: bool = True
+    speed_kmh: float = 0.0
+    course_deg: float = 0.0
+    altitude_m: float | None = None
+    accuracy_m: float | None = None
+    satellites: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+    reply: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Other:
+    """A well-framed message we do not turn into data (info, LBS-only, unknown type).
+
+    It is still answered when the protocol wants an answer (``reply``).
+    """
+
+    unique_id: str | None
+    kind: str
+    reply: bytes | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+Message = Login | Heartbeat | Position | Other

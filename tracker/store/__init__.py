@@ -1,0 +1,35 @@
+"""Storage: the ``Store`` interface and its adapters."""
+
+from tracker.store.base import (
+    StoredPosition,
+    Store,
+    Unit,
+    UnitConflict,
+    UnknownSighting,
+    UnknownUnit,
+    Vehicle,
+)
+
+__all__ = [
+    "Store",
+    "StoredPosition",
+    "Unit",
+    "UnitConflict",
+    "UnknownSighting",
+    "UnknownUnit",
+    "Vehicle",
+    "open_store",
+]
+
+
+def open_store(url: str) -> Store:
+    """The adapter for a database URL: ``sqlite:///path`` or ``postgresql://...``."""
+    if url.startswith("sqlite:"):
+        from tracker.store.sqlite import SqliteStore
+
+        return SqliteStore(url)
+    if url.startswith(("postgresql:", "postgres:")):
+        from tracker.store.postgis import PostgisStore
+
+        return PostgisStore(url)
+    raise ValueError(f"database.url must start with sqlite:/// or postgresql://, got {url!r}")

@@ -1,0 +1,159 @@
+"""The narrow storage interface, and the records that cross it.
+
+Two adapters implement ``Store``: ``postgis.PostgisStore`` (production,
+asyncpg) and ``sqlite.SqliteStore`` (the embedded default). One contract test
+suite (``tests/integration/test_store_contract.py``) runs against both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+UnitKind = Literal["wired", "battery"]
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A tracker installed in a vehicle. ``unique_id`` is what the unit says (IMEI)."""
+
+    unique_id: str
+    vehicle_id: str
+    kind: UnitKind = "wired"
+    silent_after_s: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Vehicle:
+    """The collateral: a financed car with one or more units."""
+
+    vehicle_id: str
+    plate: str | None = None
+    vin: str | None = None
+    loan_ref: str | None = None
+    units: tuple[Unit, ...] = ()
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPosition:
+    """A position as stored: one row of the positions table."""
+
+    unique_id: str
+    vehicle_id: str
+    protocol: str
+    fix_time: datetime  # aware, UTC
+    server_time: datetime  # aware, UTC
+    lat: float
+    lon: float
+    valid: bool = True
+    speed_kmh: float = 0.0
+    course_deg: float = 0.0
+    altitude_m: float | None = None
+    accuracy_m: float | None = None
+    satellites: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownSighting:
+    """An unregistered unit knocked: who, over which protocol, from where, when."""
+
+    unique_id: str
+    protocol: str
+    remote_addr: str
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownUnit:
+    unique_id: str
+    protocol: str
+    remote_addr: str
+    first_seen: datetime
+    last_seen: datetime
+    count: int
+
+
+class UnitConflict(Exception):
+    """A unit named for one vehicle is already installed in another."""
+
+    def __init__(self, unique_id: str, other_vehicle_id: str) -> None:
+        super().__init__(
+            f"unit {unique_id!r} belongs to vehicle {other_vehicle_id!r}; "
+            f"remove it there first"
+        )
+        self.unique_id = unique_id
+        self.other_vehicle_id = other_vehicle_id
+
+
+class Store(Protocol):
+    """Everything the server keeps. Every method is a coroutine; none is called
+    per position except through ``insert_positions`` batches."""
+
+    kind: str  # "postgis" | "sqlite"
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    async def close(self) -> None: ...
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in order; return the names applied now."""
+
+    # vehicles and units
+    async def put_vehicle(
+        self,
+        vehicle_id: str,
+        *,
+        plate: str | None,
+        vin: str | None,
+        loan_ref: str | None,
+        units: Sequence[Unit],
+    ) -> tuple[Vehicle, bool]:
+        """Create or replace a vehicle and its units; return it and whether it is new.
+
+        Units of this vehicle not in ``units`` are removed from it.
+
+        Raises:
+            UnitConflict: a unit in ``units`` belongs to another vehicle.
+        """
+
+    async def get_vehicle(self, vehicle_id: str) -> Vehicle | None: ...
+
+    async def delete_vehicle(self, vehicle_id: str) -> bool:
+        """Remove a vehicle and its units (their stored positions stay)."""
+
+    async def list_vehicles(self, *, after: str | None, limit: int) -> list[Vehicle]:
+        """Vehicles ordered by ``vehicle_id``, those after ``after`` (keyset paging)."""
+
+    async def all_units(self) -> list[Unit]: ...
+
+    # positions
+    async def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
+        """Store one batch in one transaction; skip rows whose (unique_id,
+        fix_time) is already stored. Return how many were new. When it returns,
+        the batch is durable."""
+
+    async def latest_positions(self) -> list[StoredPosition]:
+        """The newest stored position (by fix time) of every unit."""
+
+    async def track(
+        self,
+        unique_ids: Sequence[str],
+        *,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[StoredPosition]:
+        """Positions of these units with start <= fix_time < end, ordered by
+        (fix_time, unique_id), strictly after the ``after`` cursor, at most ``limit``."""
+
+    # unknown units
+    async def record_unknown(self, sightings: Sequence[UnknownSighting]) -> None: ...
+
+    async def unknown_units(self, *, limit: int) -> list[UnknownUnit]:
+        """Most recently seen first."""
