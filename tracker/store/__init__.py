@@ -1,8 +1,8 @@
 """Storage: the ``Store`` interface and its adapters."""
 
 from tracker.store.base import (
-    StoredPosition,
     Store,
+    StoredPosition,
     Unit,
     UnitConflict,
     UnknownSighting,

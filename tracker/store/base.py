@@ -7,12 +7,31 @@ suite (``tests/integration/test_store_contract.py``) runs against both.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 UnitKind = Literal["wired", "battery"]
+
+
+def migrations_dir(subdir: str = "") -> Path:
+    """Where the SQL migrations live: ``$TRACKER_MIGRATIONS_DIR`` when set (an
+    installed, non-editable package), else ``migrations/`` of this checkout.
+
+    PostGIS files are at the top, SQLite's under ``sqlite/``.
+    """
+    root = os.environ.get("TRACKER_MIGRATIONS_DIR")
+    base = Path(root) if root else Path(__file__).resolve().parents[2] / "migrations"
+    path = base / subdir
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"no migrations directory at {path}; set TRACKER_MIGRATIONS_DIR to the "
+            "repository's migrations/ directory"
+        )
+    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +101,17 @@ class UnitConflict(Exception):
 
     def __init__(self, unique_id: str, other_vehicle_id: str) -> None:
         super().__init__(
-            f"unit {unique_id!r} belongs to vehicle {other_vehicle_id!r}; "
-            f"remove it there first"
+            f"unit {unique_id!r} belongs to vehicle {other_vehicle_id!r}; remove it there first"
         )
         self.unique_id = unique_id
         self.other_vehicle_id = other_vehicle_id
+
+
+def vehicle_units(vehicle_id: str, units: Sequence[Unit]) -> tuple[Unit, ...]:
+    """``units`` as ``put_vehicle`` stores them: under ``vehicle_id``, one per
+    ``unique_id`` (the last one named wins), ordered by ``unique_id``."""
+    by_id = {u.unique_id: Unit(u.unique_id, vehicle_id, u.kind, u.silent_after_s) for u in units}
+    return tuple(sorted(by_id.values(), key=lambda u: u.unique_id))
 
 
 class Store(Protocol):
@@ -115,13 +140,15 @@ class Store(Protocol):
     ) -> tuple[Vehicle, bool]:
         """Create or replace a vehicle and its units; return it and whether it is new.
 
-        Units of this vehicle not in ``units`` are removed from it.
+        Units of this vehicle not in ``units`` are removed from it. Each unit is
+        stored under ``vehicle_id`` (its own ``vehicle_id`` field is ignored).
 
         Raises:
             UnitConflict: a unit in ``units`` belongs to another vehicle.
         """
 
-    async def get_vehicle(self, vehicle_id: str) -> Vehicle | None: ...
+    async def get_vehicle(self, vehicle_id: str) -> Vehicle | None:
+        """The vehicle with its units (ordered by ``unique_id``), or None."""
 
     async def delete_vehicle(self, vehicle_id: str) -> bool:
         """Remove a vehicle and its units (their stored positions stay)."""
@@ -129,7 +156,8 @@ class Store(Protocol):
     async def list_vehicles(self, *, after: str | None, limit: int) -> list[Vehicle]:
         """Vehicles ordered by ``vehicle_id``, those after ``after`` (keyset paging)."""
 
-    async def all_units(self) -> list[Unit]: ...
+    async def all_units(self) -> list[Unit]:
+        """Every registered unit, ordered by ``unique_id``."""
 
     # positions
     async def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
@@ -138,7 +166,8 @@ class Store(Protocol):
         the batch is durable."""
 
     async def latest_positions(self) -> list[StoredPosition]:
-        """The newest stored position (by fix time) of every unit."""
+        """The newest stored position (by fix time) of every registered unit,
+        ordered by ``unique_id``. Units no longer registered are left out."""
 
     async def track(
         self,
@@ -156,4 +185,8 @@ class Store(Protocol):
     async def record_unknown(self, sightings: Sequence[UnknownSighting]) -> None: ...
 
     async def unknown_units(self, *, limit: int) -> list[UnknownUnit]:
-        """Most recently seen first."""
+        """Most recently seen first.
+
+        ``record_unknown`` counts each sighting; it keeps the earliest
+        ``first_seen``, the latest ``last_seen`` and the protocol and address
+        of the sighting recorded last."""

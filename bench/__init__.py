@@ -1,0 +1,1 @@
+"""Benchmarks: one entry point, ``python -m bench`` (``make bench``), printing tables."""

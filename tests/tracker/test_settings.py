@@ -1,0 +1,85 @@
+"""Settings: TOML file, TRACKER_* overrides, one clear error naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tracker.settings import ConfigError, load
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tracker.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_listen_where_units_expect() -> None:
+    settings = load(None, environ={})
+    assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8082)
+    assert settings.database_url == "sqlite:///var/tracker.db"
+    gt06, osmand = settings.protocol("gt06"), settings.protocol("osmand")
+    assert gt06 is not None and gt06.port == 5023
+    assert osmand is not None and osmand.port == 5055
+    assert settings.register_unknown_units is False
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, """
+register_unknown_units = true
+[http]
+host = "0.0.0.0"
+port = 9000
+[database]
+url = "postgresql://u@db/tracker"
+[protocols.gt06]
+port = 0
+accept_bad_crc = true
+[protocols.osmand]
+port = "off"
+""")
+    settings = load(path, environ={"TRACKER_HTTP_PORT": "9100",
+                                   "TRACKER_PROTOCOLS_GT06_PORT": "6023"})
+    assert settings.http_host == "0.0.0.0"
+    assert settings.http_port == 9100
+    assert settings.database_url == "postgresql://u@db/tracker"
+    assert settings.register_unknown_units is True
+    gt06 = settings.protocol("gt06")
+    assert gt06 is not None and gt06.port == 6023 and gt06.accept_bad_crc
+    osmand = settings.protocol("osmand")
+    assert osmand is not None and osmand.port is None
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "key"),
+    [
+        ("[http]\nport = 'abc'\n", {}, "http.port"),
+        ("[http]\nport = 70000\n", {}, "http.port"),
+        ("[database]\nurl = 'mysql://x'\n", {}, "database.url"),
+        ("[htp]\nport = 1\n", {}, "htp.port"),
+        ("", {"TRACKER_REGISTER_UNKNOWN_UNITS": "maybe"}, "register_unknown_units"),
+        ("[protocols.gt06]\nport = -1\n", {}, "protocols.gt06.port"),
+        ("[protocols.osmand]\nspeed_unit = 'furlongs'\n", {}, "protocols.osmand.speed_unit"),
+        ("not toml [", {}, "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(
+    tmp_path: Path, text: str, environ: dict[str, str], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(write(tmp_path, text), environ=environ)
+
+
+def test_cli_bad_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    path = write(tmp_path, "[http]\nport = 'abc'\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "tracker", "serve", "--config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "tracker: config error: http.port: expected an integer, got 'abc'"
+    ]

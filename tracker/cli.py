@@ -1,0 +1,176 @@
+"""The ``tracker`` command: serve, migrate, decode, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Any
+
+import tracker
+from tracker import settings as settings_module
+from tracker.settings import ConfigError, Settings
+
+EXIT_CONFIG = 2
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    try:
+        return settings_module.load(args.config)
+    except ConfigError as exc:
+        print(f"tracker: config error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _run(coro: Any) -> None:
+    asyncio.run(coro)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from tracker.server import serve
+
+    settings = _load(args)
+    try:
+        _run(serve(settings))
+    except OSError as exc:
+        print(f"tracker: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from tracker.server import _prepare_sqlite_path
+    from tracker.store import open_store
+
+    settings = _load(args)
+
+    async def migrate() -> list[str]:
+        if settings.database_url.startswith("sqlite:"):
+            _prepare_sqlite_path(settings.database_url)
+        store = open_store(settings.database_url)
+        await store.open()  # open() applies what is pending
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    asyncio.run(migrate())
+    print(f"tracker: schema up to date ({settings.database_url.split('://')[0]})")
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    import protocols
+    from protocols import osmand
+
+    if args.protocol == "osmand":
+        query = args.data.split("?", 1)[-1]
+        try:
+            message: Any = osmand.decode("GET", query, b"", None, now=None)
+        except osmand.OsmandError as exc:
+            print(f"tracker: not decoded: {exc}", file=sys.stderr)
+            return 1
+        messages = [message]
+    else:
+        try:
+            text: str = args.data
+            data = text.encode() if args.text else bytes.fromhex(text.replace(" ", ""))
+        except ValueError:
+            print("tracker: data is not hex; pass --text for text protocols", file=sys.stderr)
+            return 1
+        try:
+            codec = protocols.open(args.protocol)
+        except ValueError as exc:
+            print(f"tracker: {exc}", file=sys.stderr)
+            return 1
+        try:
+            messages = codec.feed(data)
+        except protocols.ProtocolError as exc:
+            print(f"tracker: not decoded: {exc}", file=sys.stderr)
+            return 1
+        if codec.stats:
+            print(f"tracker: dropped: {dict(codec.stats)}", file=sys.stderr)
+    for item in messages:
+        fields = {"message": type(item).__name__, **dataclasses.asdict(item)}
+        print(json.dumps(_jsonable(fields), indent=2))
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from tracker.simulate import run_simulation
+
+    asyncio.run(
+        run_simulation(
+            host=args.host,
+            port=args.port,
+            units=args.units,
+            interval_s=args.interval,
+            duration_s=args.duration,
+            first_imei=args.first_imei,
+            lat=args.lat,
+            lon=args.lon,
+        )
+    )
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="tracker", description=tracker.__doc__)
+    top.add_argument("--version", action="version", version=tracker.__version__)
+    top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the server until Ctrl-C / SIGTERM")
+    serve.add_argument("--config", help="TOML file; TRACKER_* variables override it")
+    serve.set_defaults(func=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply pending database migrations")
+    migrate.add_argument("--config", help="TOML file; TRACKER_* variables override it")
+    migrate.set_defaults(func=cmd_migrate)
+
+    decode = commands.add_parser("decode", help="show what a pasted packet decodes to")
+    decode.add_argument("protocol", help="gt06, osmand, ...")
+    decode.add_argument("data", help="hex bytes (spaces allowed), or the OsmAnd query/URL")
+    decode.add_argument("--text", action="store_true", help="data is text, not hex")
+    decode.set_defaults(func=cmd_decode)
+
+    simulate = commands.add_parser("simulate", help="fake GT06 units driving around")
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument("--port", type=int, default=5023)
+    simulate.add_argument("--units", type=int, default=5)
+    simulate.add_argument("--interval", type=float, default=10.0, help="seconds between fixes")
+    simulate.add_argument("--duration", type=float, default=60.0, help="seconds to run")
+    simulate.add_argument("--first-imei", type=int, default=860000000000001)
+    simulate.add_argument("--lat", type=float, default=-6.2)
+    simulate.add_argument("--lon", type=float, default=106.8)
+    simulate.set_defaults(func=cmd_simulate)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

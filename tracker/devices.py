@@ -1,0 +1,95 @@
+"""Which units are registered: unique id -> unit, in memory, loaded at start-up.
+
+The REST API changes vehicles through ``Registry`` so the store and this
+cache stay in step. The gateway asks ``unit_for`` on every login (no database
+round trip); an unknown unit is remembered for ``GET /api/v1/units/unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import datetime
+
+from tracker.store import Store, Unit, UnknownSighting, Vehicle
+
+
+class Registry:
+    def __init__(self, store: Store, *, register_unknown_units: bool = False) -> None:
+        self._store = store
+        self.register_unknown_units = register_unknown_units
+        self._units: dict[str, Unit] = {}
+        self._vehicles: dict[str, Vehicle] = {}
+        self._lock = asyncio.Lock()  # one vehicle change at a time keeps the maps consistent
+
+    async def load(self) -> None:
+        after: str | None = None
+        while page := await self._store.list_vehicles(after=after, limit=1000):
+            for vehicle in page:
+                self._remember(vehicle)
+            after = page[-1].vehicle_id
+
+    def _remember(self, vehicle: Vehicle) -> None:
+        self._vehicles[vehicle.vehicle_id] = vehicle
+        for unit in vehicle.units:
+            self._units[unit.unique_id] = unit
+
+    def _forget(self, vehicle_id: str) -> None:
+        old = self._vehicles.pop(vehicle_id, None)
+        if old is not None:
+            for unit in old.units:
+                if self._units.get(unit.unique_id) == unit:
+                    del self._units[unit.unique_id]
+
+    def unit_for(self, unique_id: str) -> Unit | None:
+        return self._units.get(unique_id)
+
+    def vehicle(self, vehicle_id: str) -> Vehicle | None:
+        return self._vehicles.get(vehicle_id)
+
+    def vehicle_ids(self) -> list[str]:
+        return list(self._vehicles)
+
+    async def put_vehicle(
+        self,
+        vehicle_id: str,
+        *,
+        plate: str | None,
+        vin: str | None,
+        loan_ref: str | None,
+        units: Sequence[Unit],
+    ) -> tuple[Vehicle, bool]:
+        async with self._lock:
+            vehicle, created = await self._store.put_vehicle(
+                vehicle_id, plate=plate, vin=vin, loan_ref=loan_ref, units=units
+            )
+            self._forget(vehicle_id)
+            self._remember(vehicle)
+            return vehicle, created
+
+    async def delete_vehicle(self, vehicle_id: str) -> bool:
+        async with self._lock:
+            deleted = await self._store.delete_vehicle(vehicle_id)
+            self._forget(vehicle_id)
+            return deleted
+
+    async def knock(
+        self, unique_id: str, protocol: str, remote_addr: str, now: datetime
+    ) -> Unit | None:
+        """An unregistered unit spoke. Register it on a vehicle of its own when
+        that is switched on; otherwise record the sighting and return None."""
+        if self.register_unknown_units:
+            async with self._lock:
+                if (unit := self._units.get(unique_id)) is not None:
+                    return unit
+                vehicle, _ = await self._store.put_vehicle(
+                    unique_id,
+                    plate=None,
+                    vin=None,
+                    loan_ref=None,
+                    units=[Unit(unique_id, unique_id, "wired")],
+                )
+                self._remember(vehicle)
+                return self._units[unique_id]
+        await self._store.record_unknown([UnknownSighting(unique_id, protocol, remote_addr, now)])
+        return None

@@ -1,0 +1,178 @@
+"""TCP listeners: socket bytes <-> codec; acknowledgements only after commit.
+
+One connection, one task, so a unit's messages stay in order. The loop reads,
+feeds the codec, lets the ``Session`` handle the messages (which waits for the
+batch holding its positions to commit), then writes the replies. While it
+waits it does not read, so a unit that floods is pushed back by TCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from datetime import datetime
+
+import protocols
+from protocols import Heartbeat, Login, Message, Position, ProtocolError
+from tracker.devices import Registry
+from tracker.ingest import Pipeline, StoreUnavailable
+from tracker.settings import ProtocolSettings
+from tracker.store import StoredPosition, Unit
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 65536
+
+
+class Session:
+    """Binds one connection to a registered unit and handles its messages."""
+
+    def __init__(self, protocol: str, peer: str, registry: Registry, pipeline: Pipeline) -> None:
+        self.protocol = protocol
+        self.peer = peer
+        self._registry = registry
+        self._pipeline = pipeline
+        self.stats = pipeline.stats
+        self.unit: Unit | None = None
+        self.refused = False  # an unknown unit: close after its login
+
+    async def handle(self, messages: list[Message]) -> list[bytes]:
+        """Handle decoded messages in order; return the replies to send.
+
+        Raises:
+            StoreUnavailable: positions were not stored; send nothing.
+        """
+        replies: list[bytes] = []
+        rows: list[StoredPosition] = []
+        for message in messages:
+            unit = await self._unit_for(message)
+            if unit is None:
+                if self.refused:
+                    break
+                self.stats[f"messages_dropped.{self.protocol}.before_login"] += 1
+                continue
+            if isinstance(message, Position):
+                if (row := self._pipeline.accept(unit, self.protocol, message)) is not None:
+                    rows.append(row)
+            else:
+                self._pipeline.saw(unit.unique_id)
+                if isinstance(message, Heartbeat):
+                    self.stats["heartbeats"] += 1
+            if message.reply is not None:
+                replies.append(message.reply)
+        await self._pipeline.commit(rows)
+        return replies
+
+    async def _unit_for(self, message: Message) -> Unit | None:
+        unique_id = message.unique_id
+        if isinstance(message, Login) or (self.unit is None and unique_id):
+            if unique_id is None:
+                return None
+            if self.unit is not None and self.unit.unique_id == unique_id:
+                return self.unit
+            unit = self._registry.unit_for(unique_id)
+            if unit is None:
+                now: datetime = self._pipeline.clock()
+                unit = await self._registry.knock(unique_id, self.protocol, self.peer, now)
+            if unit is None:
+                self.stats[f"units_refused.{self.protocol}"] += 1
+                log.info(
+                    "refused unknown unit %s (%s) from %s", unique_id, self.protocol, self.peer
+                )
+                self.refused = True
+                return None
+            self.unit = unit
+            return unit
+        return self.unit
+
+
+class Gateway:
+    """One TCP listener per binary protocol."""
+
+    def __init__(self, settings: ProtocolSettings, registry: Registry, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self._registry = registry
+        self._pipeline = pipeline
+        self.stats: Counter[str] = pipeline.stats
+        self._server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def port(self) -> int | None:
+        if self._server is None or not self._server.sockets:
+            return None
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        assert self.settings.port is not None
+        self._server = await asyncio.start_server(
+            self._accept, self.settings.host, self.settings.port, limit=READ_SIZE
+        )
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._connections):
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self._connections.discard(task)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        options = {"accept_bad_crc": True} if self.settings.accept_bad_crc else {}
+        codec = protocols.open(self.name, **options)
+        session = Session(self.name, peer, self._registry, self._pipeline)
+        self.stats[f"connections.{self.name}"] += 1
+        first_bytes = b""
+        try:
+            while data := await reader.read(READ_SIZE):
+                first_bytes = first_bytes or data[:32]
+                try:
+                    messages = codec.feed(data)
+                finally:
+                    self._count_codec(codec.stats)
+                replies = await session.handle(messages)
+                if replies:
+                    writer.write(b"".join(replies))
+                    await writer.drain()
+                if session.refused:
+                    break
+        except ProtocolError as exc:
+            self.stats[f"connections_rejected.{self.name}.protocol_error"] += 1
+            log.warning("%s %s: %s; first bytes %s", self.name, peer, exc, first_bytes.hex())
+        except StoreUnavailable as exc:
+            self.stats[f"connections_rejected.{self.name}.store_unavailable"] += 1
+            log.warning("%s %s: closing, positions not stored: %s", self.name, peer, exc)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s %s: connection failed", self.name, peer)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _count_codec(self, codec_stats: Counter[str]) -> None:
+        for reason, count in codec_stats.items():
+            self.stats[f"frames_dropped.{self.name}.{reason}"] += count
+        codec_stats.clear()

@@ -1,0 +1,187 @@
+"""Wiring: settings -> store, registry, cache, pipeline, hub, listeners, HTTP.
+
+``Server.start`` brings everything up (ports 0 are resolved to the ones the
+OS gave), ``Server.stop`` takes it down in reverse: listeners first, then the
+pending batch is flushed, then the store closes. ``serve`` runs it until
+SIGINT or SIGTERM. Tests start the same ``Server`` on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+
+from protocols import CODECS
+from tracker.cache import LatestState
+from tracker.devices import Registry
+from tracker.gateway import Gateway
+from tracker.ingest import Pipeline, utcnow
+from tracker.live import Hub
+from tracker.settings import Settings
+from tracker.store import Store, open_store
+
+log = logging.getLogger(__name__)
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our own loop: signals are ours to handle, not its."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    @property
+    def port(self) -> int:
+        port: int = self.servers[0].sockets[0].getsockname()[1]
+        return port
+
+
+def admin_key(settings: Settings) -> str:
+    """The configured key, or the one kept in the data dir (made on first start)."""
+    if settings.admin_key:
+        return settings.admin_key
+    path = settings.data_dir / "admin_key"
+    if path.exists():
+        return path.read_text().strip()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        file.write(key + "\n")
+    return key
+
+
+def _prepare_sqlite_path(url: str) -> None:
+    path = url.removeprefix("sqlite:///")
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+class Server:
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stats: Counter[str] = Counter()
+        if settings.database_url.startswith("sqlite:"):
+            _prepare_sqlite_path(settings.database_url)
+        self.store: Store = open_store(settings.database_url)
+        self.registry = Registry(self.store, register_unknown_units=settings.register_unknown_units)
+        self.cache = LatestState()
+        self.hub = Hub()
+        self.pipeline = Pipeline(
+            self.store,
+            self.cache,
+            self.hub,
+            self.stats,
+            max_rows=settings.batch_max_rows,
+            max_delay_s=settings.batch_max_delay_ms / 1000,
+            future_limit=timedelta(seconds=settings.future_limit_s),
+            clock=clock,
+        )
+        self.admin_key = admin_key(settings)
+        self.gateways = [
+            Gateway(p, self.registry, self.pipeline)
+            for p in settings.protocols
+            if p.port is not None and p.name in CODECS
+        ]
+        self._http: list[tuple[str, _EmbeddedUvicorn, asyncio.Task[None]]] = []
+        self.ports: dict[str, int] = {}
+
+    async def start(self) -> None:
+        from tracker.api import create_app
+        from tracker.osmand_http import create_osmand_app
+
+        await self.store.open()
+        await self.registry.load()
+        self.cache.load(await self.store.latest_positions())
+        self.pipeline.start()
+        for gateway in self.gateways:
+            await gateway.start()
+            assert gateway.port is not None
+            self.ports[gateway.name] = gateway.port
+        osmand = self.settings.protocol("osmand")
+        if osmand is not None and osmand.port is not None:
+            app = create_osmand_app(self, speed_unit=osmand.speed_unit)
+            self.ports["osmand"] = await self._start_http("osmand", app, osmand.host, osmand.port)
+        self.ports["http"] = await self._start_http(
+            "http", create_app(self), self.settings.http_host, self.settings.http_port
+        )
+
+    async def _start_http(self, name: str, app: Starlette, host: str, port: int) -> int:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            ws="websockets-sansio",
+        )
+        server = _EmbeddedUvicorn(config)
+        task = asyncio.create_task(server.serve(), name=f"uvicorn-{name}")
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it could not start (port in use, ...)
+                raise RuntimeError(f"{name} server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self._http.append((name, server, task))
+        return server.port
+
+    async def stop(self) -> None:
+        for gateway in self.gateways:
+            await gateway.stop()
+        for _, server, _ in self._http:
+            server.should_exit = True
+        for _, _, task in self._http:
+            with contextlib.suppress(Exception):
+                await task
+        self._http.clear()
+        await self.pipeline.stop()
+        await self.store.close()
+
+    def describe(self) -> str:
+        http = f"http://{self.settings.http_host}:{self.ports['http']}"
+        lines = [
+            f"tracker: store {self.store.kind} ({_redact(self.settings.database_url)})",
+            f"tracker: REST API and live map on {http}  (OpenAPI: {http}/docs)",
+        ]
+        for name, port in sorted(self.ports.items()):
+            if name != "http":
+                kind = "HTTP" if name == "osmand" else "TCP"
+                lines.append(f"tracker: {name} units on {kind} port {port}")
+        lines.append(f"tracker: admin API key: {self.admin_key}")
+        return "\n".join(lines)
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        user = credentials.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+    return url
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, then stop cleanly."""
+    server = Server(settings)
+    await server.start()
+    print(server.describe(), flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("tracker: stopping", flush=True)
+    await server.stop()

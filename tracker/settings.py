@@ -1,0 +1,231 @@
+"""Settings: one frozen dataclass from a TOML file plus ``TRACKER_*`` variables.
+
+Nothing else in the server reads ``os.environ``. Every key has a dotted name
+(``http.port``, ``protocols.gt06.port``); the matching environment variable is
+``TRACKER_`` plus the name upper-cased with dots as underscores
+(``TRACKER_HTTP_PORT``, ``TRACKER_PROTOCOLS_GT06_PORT``). Environment wins over
+the file. A bad value raises ``ConfigError`` naming the key; the CLI prints it
+on one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Default ports follow the most widely deployed open tracking server, so a unit
+# configured for it works unchanged.
+DEFAULT_PORTS: dict[str, int] = {"gt06": 5023, "osmand": 5055}
+HTTP_PROTOCOLS = frozenset({"osmand"})
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolSettings:
+    name: str
+    port: int | None  # None: not listening; 0: any free port
+    host: str = "0.0.0.0"
+    accept_bad_crc: bool = False
+    speed_unit: str = "kn"  # OsmAnd only: kn, kmh, mps, mph
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    http_host: str = "127.0.0.1"
+    http_port: int = 8082
+    database_url: str = "sqlite:///var/tracker.db"
+    data_dir: Path = Path("var")
+    admin_key: str | None = None
+    register_unknown_units: bool = False
+    batch_max_rows: int = 2000
+    batch_max_delay_ms: float = 5.0
+    future_limit_s: int = 86_400
+    protocols: tuple[ProtocolSettings, ...] = field(
+        default_factory=lambda: tuple(
+            ProtocolSettings(name, port) for name, port in DEFAULT_PORTS.items()
+        )
+    )
+
+    def protocol(self, name: str) -> ProtocolSettings | None:
+        return next((p for p in self.protocols if p.name == name), None)
+
+
+def _port(value: Any) -> int | None:
+    if value in ("", "off", "none", None, False):
+        return None
+    port = _int(value)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"expected a port 0-65535 (0: any free port), got {value!r}")
+    return port
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected an integer, got {value!r}") from None
+
+
+def _positive_int(value: Any) -> int:
+    number = _int(value)
+    if number < 1:
+        raise ValueError(f"expected a positive integer, got {value!r}")
+    return number
+
+
+def _float(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a number, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _database_url(value: Any) -> str:
+    url = _str(value)
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        raise ValueError(f"expected sqlite:///path or postgresql://..., got {url!r}")
+    return url
+
+
+def _speed_unit(value: Any) -> str:
+    unit = _str(value)
+    if unit not in ("kn", "kmh", "mps", "mph"):
+        raise ValueError(f"expected one of kn, kmh, mps, mph, got {value!r}")
+    return unit
+
+
+# dotted key -> parser. Protocol keys are added per known protocol below.
+_KEYS: dict[str, Callable[[Any], Any]] = {
+    "http.host": _str,
+    "http.port": _port,
+    "database.url": _database_url,
+    "data_dir": _str,
+    "admin_key": _str,
+    "register_unknown_units": _bool,
+    "store.batch_max_rows": _positive_int,
+    "store.batch_max_delay_ms": _float,
+    "filters.future_limit_s": _positive_int,
+}
+_PROTOCOL_KEYS: dict[str, Callable[[Any], Any]] = {
+    "port": _port,
+    "host": _str,
+    "accept_bad_crc": _bool,
+    "speed_unit": _speed_unit,
+}
+
+
+def _known_protocols() -> list[str]:
+    from protocols import CODECS
+
+    return sorted(set(CODECS) | HTTP_PROTOCOLS)
+
+
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from an optional TOML file and the environment.
+
+    Raises:
+        ConfigError: unreadable file, unknown key or bad value; names the key.
+    """
+    environ = os.environ if environ is None else environ
+    keys = dict(_KEYS)
+    for proto in _known_protocols():
+        for key, parse in _PROTOCOL_KEYS.items():
+            keys[f"protocols.{proto}.{key}"] = parse
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                raw = _flatten(tomllib.load(file))
+        except OSError as exc:
+            raise ConfigError(f"config file {str(path)!r}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {str(path)!r}: not valid TOML: {exc}") from None
+        for key in raw:
+            if key not in keys:
+                raise ConfigError(f"{key}: unknown key in {str(path)!r}")
+    for key in keys:
+        env_name = "TRACKER_" + key.upper().replace(".", "_")
+        if env_name in environ:
+            raw[key] = environ[env_name]
+
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        try:
+            values[key] = keys[key](value)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
+    return _build(values)
+
+
+def _build(values: dict[str, Any]) -> Settings:
+    defaults = Settings()
+    protocols = []
+    for proto in _known_protocols():
+        prefix = f"protocols.{proto}."
+        port_key = prefix + "port"
+        port = values[port_key] if port_key in values else DEFAULT_PORTS.get(proto)
+        protocols.append(
+            ProtocolSettings(
+                name=proto,
+                port=port,
+                host=values.get(prefix + "host", "0.0.0.0"),
+                accept_bad_crc=values.get(prefix + "accept_bad_crc", False),
+                speed_unit=values.get(prefix + "speed_unit", "kn"),
+            )
+        )
+    http_port = values.get("http.port", defaults.http_port)
+    if http_port is None:
+        raise ConfigError("http.port: the REST API needs a port (0: any free port)")
+    return Settings(
+        http_host=values.get("http.host", defaults.http_host),
+        http_port=http_port,
+        database_url=values.get("database.url", defaults.database_url),
+        data_dir=Path(values.get("data_dir", str(defaults.data_dir))),
+        admin_key=values.get("admin_key"),
+        register_unknown_units=values.get("register_unknown_units", False),
+        batch_max_rows=values.get("store.batch_max_rows", defaults.batch_max_rows),
+        batch_max_delay_ms=values.get("store.batch_max_delay_ms", defaults.batch_max_delay_ms),
+        future_limit_s=values.get("filters.future_limit_s", defaults.future_limit_s),
+        protocols=tuple(protocols),
+    )

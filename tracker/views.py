@@ -1,0 +1,73 @@
+"""JSON shapes shared by the REST API and the live websocket."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from tracker.store import StoredPosition, Unit, Vehicle
+
+
+def iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a Z, milliseconds kept when present."""
+    text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
+    return text.replace("+00:00", "Z")
+
+
+def position(row: StoredPosition) -> dict[str, Any]:
+    return {
+        "vehicle_id": row.vehicle_id,
+        "unique_id": row.unique_id,
+        "protocol": row.protocol,
+        "fix_time": iso(row.fix_time),
+        "server_time": iso(row.server_time),
+        "lat": row.lat,
+        "lon": row.lon,
+        "speed_kmh": row.speed_kmh,
+        "course": row.course_deg,
+        "valid": row.valid,
+        "altitude_m": row.altitude_m,
+        "accuracy_m": row.accuracy_m,
+        "satellites": row.satellites,
+        "attributes": row.attributes,
+    }
+
+
+def live_position(row: StoredPosition, *, latest: bool) -> dict[str, Any]:
+    return {"type": "position", **position(row), "latest": latest}
+
+
+def location(
+    vehicle_id: str,
+    newest: StoredPosition,
+    units: list[tuple[Unit, StoredPosition | None, datetime | None]],
+    now: datetime,
+) -> dict[str, Any]:
+    """The last known location of a vehicle, and the last report of each unit."""
+    body = position(newest)
+    body["vehicle_id"] = vehicle_id
+    body["age_s"] = round((now - newest.fix_time).total_seconds(), 3)
+    body["units"] = [
+        {
+            "unique_id": unit.unique_id,
+            "kind": unit.kind,
+            "last_seen": iso(seen) if seen else None,
+            "last_position": position(row) if row else None,
+        }
+        for unit, row, seen in units
+    ]
+    return body
+
+
+def vehicle(item: Vehicle) -> dict[str, Any]:
+    return {
+        "vehicle_id": item.vehicle_id,
+        "plate": item.plate,
+        "vin": item.vin,
+        "loan_ref": item.loan_ref,
+        "units": [
+            {"unique_id": u.unique_id, "kind": u.kind, "silent_after_s": u.silent_after_s}
+            for u in item.units
+        ],
+        "updated_at": iso(item.updated_at) if item.updated_at else None,
+    }
