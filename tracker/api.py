@@ -311,7 +311,11 @@ async def serve_live(server: Server, websocket: WebSocket) -> None:
     key = header.partition(" ")[2].strip() if header.lower().startswith("bearer ") else ""
     key = key or websocket.query_params.get("token", "")
     if not key or not hmac.compare_digest(key.encode(), server.admin_key.encode()):
-        await websocket.close(code=4401, reason="send a valid API key")
+        detail = "send a valid API key as 'Authorization: Bearer <key>' or ?token=<key>"
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(problem(401, detail))
+        else:
+            await websocket.close(code=4401, reason="send a valid API key")
         return
     await websocket.accept()
     try:

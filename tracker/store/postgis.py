@@ -8,6 +8,7 @@ fix_time) already stored, in the table or earlier in the same batch.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -38,22 +39,8 @@ PARTITION_LOCK = 0x7472_6B72_7061_7201
 
 PARTITION_NAME = re.compile(r"positions_y(\d{4})m(\d{2})")
 
-STAGING_COLUMNS = (
-    "unique_id",
-    "vehicle_id",
-    "protocol",
-    "fix_time",
-    "server_time",
-    "lat",
-    "lon",
-    "valid",
-    "speed_kmh",
-    "course_deg",
-    "altitude_m",
-    "accuracy_m",
-    "satellites",
-    "attributes",
-)
+# The staging table's columns are StoredPosition's fields, in order.
+STAGING_COLUMNS = [f.name for f in dataclasses.fields(StoredPosition)]
 
 # ON COMMIT DELETE ROWS: the staging rows never outlive the batch's transaction.
 CREATE_STAGING = """
@@ -138,7 +125,11 @@ SET protocol = EXCLUDED.protocol, remote_addr = EXCLUDED.remote_addr,
 
 
 class PostgisStore:
-    """``Store`` on PostgreSQL + PostGIS; ``url`` is a ``postgresql://`` DSN."""
+    """``Store`` on PostgreSQL + PostGIS; ``url`` is a ``postgresql://`` DSN.
+
+    Known partitions are read at ``open()`` and remembered: a process must be
+    restarted after partitions are dropped (say, by a retention job).
+    """
 
     kind = "postgis"
 
@@ -295,24 +286,11 @@ class PostgisStore:
             return 0
         months = {_month(p.fix_time) for p in rows} - self._partitions
         records = [
-            (
-                p.unique_id,
-                p.vehicle_id,
-                p.protocol,
-                p.fix_time,
-                p.server_time,
-                p.lat,
-                p.lon,
-                p.valid,
-                p.speed_kmh,
-                p.course_deg,
-                p.altitude_m,
-                p.accuracy_m,
-                p.satellites,
-                p.attributes,
-            )
+            (p.unique_id, p.vehicle_id, p.protocol, p.fix_time, p.server_time, p.lat, p.lon,
+             p.valid, p.speed_kmh, p.course_deg, p.altitude_m, p.accuracy_m, p.satellites,
+             p.attributes)
             for p in rows
-        ]
+        ]  # fmt: skip
         async with self._pool.acquire() as conn, conn.transaction():
             if months:
                 await _create_partitions(conn, months)

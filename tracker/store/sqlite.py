@@ -205,10 +205,11 @@ class SqliteDb:
         self.conn.execute(begin)
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # also when COMMIT itself failed (busy, disk full)
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def migrate(self) -> list[str]:
         files = sorted(migrations_dir("sqlite").glob("*.sql"))
@@ -304,24 +305,11 @@ class SqliteDb:
 
     def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
         params = [
-            (
-                p.unique_id,
-                p.vehicle_id,
-                p.protocol,
-                to_us(p.fix_time),
-                to_us(p.server_time),
-                p.lat,
-                p.lon,
-                p.valid,
-                p.speed_kmh,
-                p.course_deg,
-                p.altitude_m,
-                p.accuracy_m,
-                p.satellites,
-                orjson.dumps(p.attributes).decode(),
-            )
+            (p.unique_id, p.vehicle_id, p.protocol, to_us(p.fix_time), to_us(p.server_time),
+             p.lat, p.lon, p.valid, p.speed_kmh, p.course_deg, p.altitude_m, p.accuracy_m,
+             p.satellites, orjson.dumps(p.attributes).decode())
             for p in rows
-        ]
+        ]  # fmt: skip
         with self.transaction() as conn:
             before = conn.total_changes
             conn.executemany(
@@ -405,19 +393,5 @@ def from_us(us: int) -> datetime:
 
 def position(row: tuple[Any, ...]) -> StoredPosition:
     (uid, vid, protocol, fix, server, lat, lon, valid, speed, course, alt, acc, sats, attrs) = row
-    return StoredPosition(
-        uid,
-        vid,
-        protocol,
-        from_us(fix),
-        from_us(server),
-        lat,
-        lon,
-        bool(valid),
-        speed,
-        course,
-        alt,
-        acc,
-        sats,
-        orjson.loads(attrs),
-    )
+    return StoredPosition(uid, vid, protocol, from_us(fix), from_us(server), lat, lon, bool(valid),
+                          speed, course, alt, acc, sats, orjson.loads(attrs))  # fmt: skip
