@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -31,10 +32,10 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tracker.settings import ProtocolSettings, Settings  # noqa: E402
-from tracker.simulate import ACK_BYTES, gt06_location, gt06_login  # noqa: E402
-from tracker.store import StoredPosition  # noqa: E402
-from tracker.store.postgis import PostgisStore  # noqa: E402
+from tracker.settings import ProtocolSettings, Settings
+from tracker.simulate import ACK_BYTES, gt06_location, gt06_login
+from tracker.store import StoredPosition
+from tracker.store.postgis import PostgisStore
 
 FIRST_IMEI = 868000000000000
 
@@ -43,7 +44,7 @@ class NaiveStore(PostgisStore):
     """The baseline: one INSERT, one transaction, one round trip per position."""
 
     async def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
-        pool = self._pool  # noqa: SLF001 - a benchmark baseline reaching in on purpose
+        pool = self._pool
         assert pool is not None
         inserted = 0
         async with pool.acquire() as conn:
@@ -54,9 +55,20 @@ class NaiveStore(PostgisStore):
                     " accuracy_m, satellites, attributes) VALUES ($1,$2,$3,$4,$5,$6,$7,"
                     " ST_SetSRID(ST_MakePoint($7,$6),4326),$8,$9,$10,$11,$12,$13,$14::jsonb)"
                     " ON CONFLICT DO NOTHING",
-                    r.unique_id, r.vehicle_id, r.protocol, r.fix_time, r.server_time, r.lat,
-                    r.lon, r.valid, r.speed_kmh, r.course_deg, r.altitude_m, r.accuracy_m,
-                    r.satellites, "{}",
+                    r.unique_id,
+                    r.vehicle_id,
+                    r.protocol,
+                    r.fix_time,
+                    r.server_time,
+                    r.lat,
+                    r.lon,
+                    r.valid,
+                    r.speed_kmh,
+                    r.course_deg,
+                    r.altitude_m,
+                    r.accuracy_m,
+                    r.satellites,
+                    "{}",
                 )
                 inserted += int(status.rsplit(" ", 1)[-1])
         return inserted
@@ -68,7 +80,9 @@ def _serve(database_url: str, naive: bool, ports: Any, stop: Any) -> None:
 
     async def main() -> None:
         settings = Settings(
-            http_port=0, database_url=database_url, admin_key="bench",
+            http_port=0,
+            database_url=database_url,
+            admin_key="bench",
             data_dir=Path("/tmp/tracker-bench"),
             protocols=(ProtocolSettings("gt06", 0, host="127.0.0.1"),),
             batch_max_rows=1 if naive else 5000,
@@ -76,12 +90,11 @@ def _serve(database_url: str, naive: bool, ports: Any, stop: Any) -> None:
         )
         server = Server(settings)
         if naive:
-            server.store = server.pipeline._store = NaiveStore(database_url)  # noqa: SLF001
-            server.registry._store = server.store  # noqa: SLF001
+            server.store = server.pipeline._store = NaiveStore(database_url)
+            server.registry._store = server.store
         await server.start()
         ports.put(server.ports)
-        while not stop.is_set():
-            await asyncio.sleep(0.1)
+        await asyncio.to_thread(stop.wait)
         await server.stop()
 
     asyncio.run(main())
@@ -115,29 +128,35 @@ async def _unit(port: int, imei: str, window: int, until: float, lat: list[float
     fix_time = datetime(2026, 11, 1, tzinfo=UTC)
     base_lat = 10 + (int(imei) % 1000) / 1000
 
+    caught_up = asyncio.Event()
+
     async def receive() -> None:
         nonlocal acked
         while True:
             await reader.readexactly(ACK_BYTES)
             lat.append((time.perf_counter() - sent_at[acked]) * 1000)
             acked += 1
+            if acked == len(sent_at):
+                caught_up.set()
 
     receiver = asyncio.create_task(receive())
     try:
         while time.monotonic() < until:
             while len(sent_at) - acked < window:
                 fix_time += timedelta(seconds=1)
-                frame = gt06_location(fix_time, base_lat + serial * 1e-5, 20.0,
-                                      serial=serial, speed_kmh=50)
+                frame = gt06_location(
+                    fix_time, base_lat + serial * 1e-5, 20.0, serial=serial, speed_kmh=50
+                )
                 sent_at.append(time.perf_counter())
                 writer.write(frame)
                 serial += 1
             await asyncio.sleep(0)
             if len(sent_at) - acked >= window:
                 await asyncio.sleep(0.001)
-        deadline = time.monotonic() + 5
-        while acked < len(sent_at) and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        if acked < len(sent_at):
+            caught_up.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(caught_up.wait(), 5)
     finally:
         receiver.cancel()
         writer.close()
@@ -151,8 +170,9 @@ async def _register(database_url: str, units: int) -> None:
 
     for n in range(units):
         imei = str(FIRST_IMEI + n)
-        await store.put_vehicle(f"bench-{n}", plate=None, vin=None, loan_ref=None,
-                                units=[Unit(imei, f"bench-{n}")])
+        await store.put_vehicle(
+            f"bench-{n}", plate=None, vin=None, loan_ref=None, units=[Unit(imei, f"bench-{n}")]
+        )
     await store.close()
 
 
@@ -166,13 +186,17 @@ async def _count(database_url: str) -> int:
         await conn.close()
 
 
-async def _load(port: int, units: int, window: int, seconds: float) -> tuple[int, float, list[float]]:
+async def _load(
+    port: int, units: int, window: int, seconds: float
+) -> tuple[int, float, list[float]]:
     latencies: list[float] = []
     started = time.monotonic()
-    acked = await asyncio.gather(*(
-        _unit(port, str(FIRST_IMEI + n), window, started + seconds, latencies)
-        for n in range(units)
-    ))
+    acked = await asyncio.gather(
+        *(
+            _unit(port, str(FIRST_IMEI + n), window, started + seconds, latencies)
+            for n in range(units)
+        )
+    )
     return sum(acked), time.monotonic() - started, latencies
 
 
@@ -208,23 +232,31 @@ def main(argv: list[str] | None = None) -> int:
             url = pg.create_database("bench")
         assert url is not None
         asyncio.run(_register(url, args.units))
-        results = [run_one("naive: INSERT + commit per position", url, True, args),
-                   run_one("tracker: group commit, COPY batches", url, False, args)]
+        results = [
+            run_one("naive: INSERT + commit per position", url, True, args),
+            run_one("tracker: group commit, COPY batches", url, False, args),
+        ]
     finally:
         if pg is not None:
             pg.stop()
 
-    print(f"\ningest benchmark: {args.units} GT06 units, window {args.window}, "
-          f"{args.seconds:.0f} s each, PostGIS on this machine ({os.cpu_count()} cores)\n")
+    print(
+        f"\ningest benchmark: {args.units} GT06 units, window {args.window}, "
+        f"{args.seconds:.0f} s each, PostGIS on this machine ({os.cpu_count()} cores)\n"
+    )
     header = f"{'store':<40} {'acked/s':>10} {'stored':>9} {'p50 ms':>8} {'p99 ms':>8}"
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r.name:<40} {r.rate:>10,.0f} {r.stored:>9,} "
-              f"{r.percentile(50):>8.1f} {r.percentile(99):>8.1f}")
+        print(
+            f"{r.name:<40} {r.rate:>10,.0f} {r.stored:>9,} "
+            f"{r.percentile(50):>8.1f} {r.percentile(99):>8.1f}"
+        )
     naive, ours = results
-    print(f"\nratio tracker/naive: {ours.rate / max(naive.rate, 1e-9):.1f}x   "
-          f"target for issue 2: >= 10,000 positions/s stored and acknowledged")
+    print(
+        f"\nratio tracker/naive: {ours.rate / max(naive.rate, 1e-9):.1f}x   "
+        f"target for issue 2: >= 10,000 positions/s stored and acknowledged"
+    )
     for r in results:
         if r.stored < r.acked:
             print(f"ERROR: {r.name}: {r.acked - r.stored} acknowledged positions not stored")

@@ -60,7 +60,7 @@ def _registry() -> dict[str, type[Codec]]:
 CODECS: dict[str, type[Codec]] = _registry()
 
 
-def open(name: str, **options: object) -> Codec:  # noqa: A001 - the documented verb
+def open(name: str, **options: object) -> Codec:
     """A fresh codec for one connection of protocol ``name``."""
     try:
         cls = CODECS[name]

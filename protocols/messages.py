@@ -35,7 +35,9 @@ ATTRIBUTES = frozenset(
 )
 
 # Attribute names that mean "the unit raised an alarm".
-ALARMS = frozenset({"power_cut", "low_battery", "removed", "sos", "vibration", "overspeed", "jamming"})
+ALARMS = frozenset(
+    {"power_cut", "low_battery", "removed", "sos", "vibration", "overspeed", "jamming"}
+)
 
 
 @dataclass(frozen=True, slots=True)

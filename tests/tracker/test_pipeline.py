@@ -21,8 +21,12 @@ UNIT = Unit("123", "veh-1", "wired")
 
 
 def fix(seconds: int, **overrides: object) -> Position:
-    fields: dict[str, object] = {"unique_id": "123", "fix_time": NOW + timedelta(seconds=seconds),
-                                 "lat": 1.0 + seconds / 1e4, "lon": 2.0}
+    fields: dict[str, object] = {
+        "unique_id": "123",
+        "fix_time": NOW + timedelta(seconds=seconds),
+        "lat": 1.0 + seconds / 1e4,
+        "lon": 2.0,
+    }
     fields.update(overrides)
     return Position(**fields)  # type: ignore[arg-type]
 
@@ -38,8 +42,9 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 @pytest.fixture
 async def pipeline(store: Store) -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(store, LatestState(), Hub(), Counter(), max_rows=100,
-                        max_delay_s=0.01, clock=lambda: NOW)
+    pipeline = Pipeline(
+        store, LatestState(), Hub(), Counter(), max_rows=100, max_delay_s=0.01, clock=lambda: NOW
+    )
     pipeline.start()
     yield pipeline
     await pipeline.stop()
@@ -50,7 +55,8 @@ async def test_filters_drop_and_count(pipeline: Pipeline) -> None:
     assert pipeline.accept(UNIT, "gt06", fix(0, lat=0.0, lon=0.0)) is None
     assert pipeline.accept(UNIT, "gt06", fix(2 * 86_400)) is None
     row = pipeline.accept(UNIT, "gt06", fix(0, raw={"cell": b"\x01\x02"}))
-    assert row is not None and row.attributes == {"raw": {"cell": "0102"}}
+    assert row is not None
+    assert row.attributes == {"raw": {"cell": "0102"}}
     await pipeline.commit([row])
     assert pipeline.accept(UNIT, "gt06", fix(0)) is None  # same fix time as the cached one
     assert {k: v for k, v in pipeline.stats.items() if k.startswith("positions_dropped")} == {
@@ -79,7 +85,7 @@ async def test_full_batch_splits_at_max_rows(pipeline: Pipeline) -> None:
     rows = [r for n in range(250) if (r := pipeline.accept(UNIT, "gt06", fix(n)))]
     import asyncio
 
-    await asyncio.gather(*(pipeline.commit(rows[i:i + 10]) for i in range(0, 250, 10)))
+    await asyncio.gather(*(pipeline.commit(rows[i : i + 10]) for i in range(0, 250, 10)))
     assert pipeline.stats["positions_stored"] == 250
     assert pipeline.stats["batches"] >= 3  # max_rows=100
 

@@ -22,13 +22,17 @@ def test_defaults_listen_where_units_expect() -> None:
     assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8082)
     assert settings.database_url == "sqlite:///var/tracker.db"
     gt06, osmand = settings.protocol("gt06"), settings.protocol("osmand")
-    assert gt06 is not None and gt06.port == 5023
-    assert osmand is not None and osmand.port == 5055
+    assert gt06 is not None
+    assert gt06.port == 5023
+    assert osmand is not None
+    assert osmand.port == 5055
     assert settings.register_unknown_units is False
 
 
 def test_file_then_environment(tmp_path: Path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 register_unknown_units = true
 [http]
 host = "0.0.0.0"
@@ -40,17 +44,22 @@ port = 0
 accept_bad_crc = true
 [protocols.osmand]
 port = "off"
-""")
-    settings = load(path, environ={"TRACKER_HTTP_PORT": "9100",
-                                   "TRACKER_PROTOCOLS_GT06_PORT": "6023"})
+""",
+    )
+    settings = load(
+        path, environ={"TRACKER_HTTP_PORT": "9100", "TRACKER_PROTOCOLS_GT06_PORT": "6023"}
+    )
     assert settings.http_host == "0.0.0.0"
     assert settings.http_port == 9100
     assert settings.database_url == "postgresql://u@db/tracker"
     assert settings.register_unknown_units is True
     gt06 = settings.protocol("gt06")
-    assert gt06 is not None and gt06.port == 6023 and gt06.accept_bad_crc
+    assert gt06 is not None
+    assert gt06.port == 6023
+    assert gt06.accept_bad_crc
     osmand = settings.protocol("osmand")
-    assert osmand is not None and osmand.port is None
+    assert osmand is not None
+    assert osmand.port is None
 
 
 @pytest.mark.parametrize(
@@ -77,7 +86,10 @@ def test_cli_bad_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     path = write(tmp_path, "[http]\nport = 'abc'\n")
     result = subprocess.run(
         [sys.executable, "-m", "tracker", "serve", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
