@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tracker.settings import ProtocolSettings, Settings
 from tracker.simulate import ACK_BYTES, gt06_location, gt06_login
 from tracker.store import StoredPosition
-from tracker.store.postgis import PostgisStore
+from tracker.store.postgis import PostgisStore, _create_partitions, _month
 
 FIRST_IMEI = 868000000000000
 
@@ -44,32 +44,24 @@ class NaiveStore(PostgisStore):
     """The baseline: one INSERT, one transaction, one round trip per position."""
 
     async def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
-        pool = self._pool
-        assert pool is not None
         inserted = 0
-        async with pool.acquire() as conn:
+        async with self._pool.acquire() as conn:
+            months = {_month(r.fix_time) for r in rows} - self._partitions
+            if months:
+                async with conn.transaction():
+                    await _create_partitions(conn, months)
+                self._partitions |= months
             for r in rows:
                 status = await conn.execute(
                     "INSERT INTO positions (unique_id, vehicle_id, protocol, fix_time,"
                     " server_time, lat, lon, geom, valid, speed_kmh, course_deg, altitude_m,"
                     " accuracy_m, satellites, attributes) VALUES ($1,$2,$3,$4,$5,$6,$7,"
-                    " ST_SetSRID(ST_MakePoint($7,$6),4326),$8,$9,$10,$11,$12,$13,$14::jsonb)"
+                    " ST_SetSRID(ST_MakePoint($7,$6),4326),$8,$9,$10,$11,$12,$13,$14)"
                     " ON CONFLICT DO NOTHING",
-                    r.unique_id,
-                    r.vehicle_id,
-                    r.protocol,
-                    r.fix_time,
-                    r.server_time,
-                    r.lat,
-                    r.lon,
-                    r.valid,
-                    r.speed_kmh,
-                    r.course_deg,
-                    r.altitude_m,
-                    r.accuracy_m,
-                    r.satellites,
-                    "{}",
-                )
+                    r.unique_id, r.vehicle_id, r.protocol, r.fix_time, r.server_time, r.lat,
+                    r.lon, r.valid, r.speed_kmh, r.course_deg, r.altitude_m, r.accuracy_m,
+                    r.satellites, r.attributes,
+                )  # fmt: skip
                 inserted += int(status.rsplit(" ", 1)[-1])
         return inserted
 

@@ -48,7 +48,6 @@ ALARM = 0x16  # GPS + cell + status + alarm
 LBS_STATUS = 0x19  # cell + status + alarm, no GPS
 GPS_LBS_EXTEND = 0x1E
 LOCATION_UTC = 0x22  # GPS + cell + ACC
-HEARTBEAT_GK310 = 0x23
 ALARM_UTC = 0x26
 ALARM_FENCE = 0x27  # ALARM_UTC + geofence number
 ADDRESS_REQUEST = 0x2A
@@ -70,24 +69,17 @@ EXTENDED_ACKED = {0x70: False, 0xF1: False, 0xF2: False, 0x32: True, 0x33: True}
 NO_ADDRESS = b"NA&&NA&&0##"  # traccar's "no address known" answer to an address request
 
 # Terminal info bits 5-3 [VL03 §2; 111 per traccar].
-STATUS_ALARMS = {0b001: "vibration", 0b010: "power_cut", 0b011: "low_battery", 0b100: "sos"}
-STATUS_ALARMS[0b111] = "removed"
+STATUS_ALARMS = {
+    0b001: "vibration", 0b010: "power_cut", 0b011: "low_battery", 0b100: "sos", 0b111: "removed"
+}  # fmt: skip
 # Alarm codes [VL03 §5]: 09 tow/theft, 0F low-voltage protection, 13 tamper, 18 cover removed,
 # 19 low internal battery, 32 unplugged. Traccar also has 0C and 25 as tampering; VL03 says
 # 0C is "powered on", so neither is mapped.
 ALARM_CODES = {
-    0x01: "sos",
-    0x02: "power_cut",
-    0x03: "vibration",
-    0x06: "overspeed",
-    0x09: "vibration",
-    0x0E: "low_battery",
-    0x0F: "low_battery",
-    0x13: "removed",
-    0x18: "removed",
-    0x19: "low_battery",
-    0x32: "removed",
-}
+    0x01: "sos", 0x02: "power_cut", 0x03: "vibration", 0x09: "vibration", 0x06: "overspeed",
+    0x0E: "low_battery", 0x0F: "low_battery", 0x19: "low_battery",
+    0x13: "removed", 0x18: "removed", 0x32: "removed",
+}  # fmt: skip
 
 
 class Frame(NamedTuple):
@@ -204,15 +196,15 @@ class Gt06Codec:
             if not self._accept_bad_crc:
                 return None
         reply = reply_to(frame, self._now)
+        kind = f"0x{frame.kind:02x}"
         decoder = None if frame.extended else DECODERS.get(frame.kind)
+        if decoder is None:  # extended types and the rest: model specific, kept raw
+            raw = frame_raw(frame) | {"content": frame.content.hex()}
+            return Other(self._device_uid, kind, reply, raw)
         try:
-            if decoder is None:
-                raw = frame_raw(frame) | {"content": frame.content.hex()}
-                return Other(self._device_uid, kind=f"0x{frame.kind:02x}", reply=reply, raw=raw)
             message = decoder(self._device_uid, frame, reply)
         except Dropped as drop:
             self.stats[drop.reason] += 1
-            kind = f"0x{frame.kind:02x}"
             return drop.fallback or Other(self._device_uid, kind, reply, frame_raw(frame))
         if isinstance(message, Login):
             self._device_uid = message.unique_id
@@ -336,18 +328,9 @@ def position(
     merged = {} if fix.ignition is None else {"ignition": fix.ignition}
     merged |= attributes  # the ACC byte and terminal info, where present, say more
     return Position(
-        uid,
-        fix.time,
-        fix.lat,
-        fix.lon,
-        valid=fix.valid,
-        speed_kmh=fix.speed_kmh,
-        course_deg=fix.course_deg,
-        satellites=fix.satellites,
-        attributes=merged,
-        raw=raw,
-        reply=reply,
-    )
+        uid, fix.time, fix.lat, fix.lon, fix.valid, fix.speed_kmh, fix.course_deg,
+        satellites=fix.satellites, attributes=merged, raw=raw, reply=reply,
+    )  # fmt: skip
 
 
 def read_cell(content: bytes, pos: int, *, wide: bool = False) -> tuple[dict[str, Any], int]:
@@ -416,19 +399,6 @@ def decode_heartbeat(uid: str | None, frame: Frame, reply: bytes | None) -> Mess
     return Heartbeat(uid, reply, attributes, raw)
 
 
-def decode_heartbeat_gk310(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
-    """0x23: info byte, battery voltage (0.01 V), GSM, language (traccar)."""
-    content = frame.content
-    attributes: dict[str, Any] = {}
-    raw = frame_raw(frame)
-    if len(content) >= 4:
-        attributes = {"ignition": bool(content[0] & 0x02), "charging": bool(content[0] & 0x04)}
-        attributes["battery_v"] = int.from_bytes(content[1:3]) / 100
-        attributes["gsm_signal"] = content[3]
-        raw["status"] = content[0]
-    return Heartbeat(uid, reply, attributes, raw)
-
-
 def decode_lbs_status(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
     """0x19 / 0xA5: cell and terminal status, an alarm without a GPS fix."""
     cell, end = read_cell(frame.content, 0, wide=frame.kind == LBS_ALARM_4G)
@@ -472,8 +442,9 @@ def decode_alarm(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
     raw = frame_raw(frame)
     if len(content) >= 20:
         status_at = alarm_status_offset(content, frame.kind)
-        if status_at - 19 in (8, 9, 15, 16):  # the usual cell sizes; others are not decoded
-            raw |= read_cell(content, 19, wide=frame.kind == ALARM_4G)[0]
+        cell, end = read_cell(content, 19, wide=frame.kind == ALARM_4G)
+        if end == status_at:  # else a model specific cell, not decoded
+            raw |= cell
         if len(content) >= status_at + 5:
             attributes, status = read_status(content[status_at : status_at + 5], frame.kind)
             raw |= status
@@ -488,8 +459,8 @@ def decode_alarm(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
 def alarm_status_offset(content: bytes, kind: int) -> int:
     """Where the terminal status follows the cell of an alarm frame.
 
-    The cell's length byte is used as traccar does: units differ on whether it counts
-    itself and the 2-byte MNC, so the cell takes ``max(8 or 9, length - 1)`` bytes.
+    The cell's length byte is read as traccar does, as units differ on whether it counts
+    itself and a 2-byte MNC: 8 bytes (9 with a 2-byte MNC), plus ``length - 9`` when longer.
     """
     length = content[18]
     if length == 0:  # traccar: a zero length may be followed by 45 zero bytes
@@ -506,18 +477,8 @@ Decoder = Callable[[str | None, Frame, bytes | None], Message]
 DECODERS: dict[int, Decoder] = {
     LOGIN: decode_login,
     STATUS: decode_heartbeat,
-    HEARTBEAT_GK310: decode_heartbeat_gk310,
-    LBS_STATUS: decode_lbs_status,
-    LBS_ALARM_4G: decode_lbs_status,
-    GPS: decode_location,
-    GPS_LBS_6: decode_location,
-    LOCATION: decode_location,
-    GPS_LBS_EXTEND: decode_location,
-    LOCATION_UTC: decode_location_acc,
-    LOCATION_MODULES: decode_location_acc,
-    LOCATION_4G: decode_location_acc,
-    ALARM: decode_alarm,
-    ALARM_UTC: decode_alarm,
-    ALARM_FENCE: decode_alarm,
-    ALARM_4G: decode_alarm,
+    **dict.fromkeys((LBS_STATUS, LBS_ALARM_4G), decode_lbs_status),
+    **dict.fromkeys((GPS, GPS_LBS_6, LOCATION, GPS_LBS_EXTEND), decode_location),
+    **dict.fromkeys((LOCATION_UTC, LOCATION_MODULES, LOCATION_4G), decode_location_acc),
+    **dict.fromkeys((ALARM, ALARM_UTC, ALARM_FENCE, ALARM_4G), decode_alarm),
 }
