@@ -1,7 +1,7 @@
 """GT06 / Concox binary protocol, sans-I/O.
 
 Sources: Concox "JM-VL03 Communication Protocol" V1.1.2 (VL03) and, for the variants seen in
-the field, traccar's Gt06 decoder; /work/shared/PROTOCOLS.md section 1 has the details.
+the field, traccar's Gt06 decoder; the shared PROTOCOLS.md, section 1, has the details.
 
 Frame layout, integers big-endian::
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, NamedTuple
 
 from protocols.binary import bcd_digits, crc16_x25
@@ -111,10 +112,6 @@ class Dropped(Exception):
         self.fallback = fallback
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
 class Gt06Codec:
     """One per connection. Feed it bytes; get messages, each with its reply, back."""
 
@@ -125,13 +122,13 @@ class Gt06Codec:
         *,
         accept_bad_crc: bool = False,
         max_frame_bytes: int = 1024,
-        now: Callable[[], datetime] = utc_now,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
-        """``now`` is read only to answer a time request (0x8A)."""
+        """``now`` (default: the UTC clock) is read only to answer a time request (0x8A)."""
         self.stats: Counter[str] = Counter()
         self._accept_bad_crc = accept_bad_crc
         self._max_frame_bytes = max_frame_bytes
-        self._now = now
+        self._now = now or partial(datetime.now, UTC)
         self._buffer = bytearray()
         self._garbage_run = 0  # bytes skipped since the last frame
         self._device_uid: str | None = None  # known after the login
@@ -199,13 +196,13 @@ class Gt06Codec:
         kind = f"0x{frame.kind:02x}"
         decoder = None if frame.extended else DECODERS.get(frame.kind)
         if decoder is None:  # extended types and the rest: model specific, kept raw
-            raw = frame_raw(frame) | {"content": frame.content.hex()}
+            raw = raw_fields(frame) | {"content": frame.content.hex()}
             return Other(self._device_uid, kind, reply, raw)
         try:
             message = decoder(self._device_uid, frame, reply)
         except Dropped as drop:
             self.stats[drop.reason] += 1
-            return drop.fallback or Other(self._device_uid, kind, reply, frame_raw(frame))
+            return drop.fallback or Other(self._device_uid, kind, reply, raw_fields(frame))
         if isinstance(message, Login):
             self._device_uid = message.unique_id
         return message
@@ -290,7 +287,7 @@ def reply_to(frame: Frame, now: Callable[[], datetime]) -> bytes | None:
     return None if kind in NOT_ACKED else ack(kind, serial)
 
 
-def frame_raw(frame: Frame) -> dict[str, Any]:
+def raw_fields(frame: Frame) -> dict[str, Any]:
     return {"type": f"0x{frame.kind:02x}", "serial": frame.serial}
 
 
@@ -322,7 +319,7 @@ def read_fix(content: bytes) -> Fix:
     )
 
 
-def position(
+def make_position(
     uid: str | None, fix: Fix, reply: bytes | None, attributes: dict[str, Any], raw: dict[str, Any]
 ) -> Position:
     merged = {} if fix.ignition is None else {"ignition": fix.ignition}
@@ -381,7 +378,7 @@ def decode_login(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
     content = frame.content
     if len(content) < 8:
         raise Dropped("short_content")
-    raw = frame_raw(frame)
+    raw = raw_fields(frame)
     if len(content) >= 12:  # bits 15-4: zone * 100 (0x320 = 8:00), bit 3: west
         bits = int.from_bytes(content[10:12])
         hours, minutes = divmod(bits >> 4, 100)
@@ -390,21 +387,17 @@ def decode_login(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
 
 
 def decode_heartbeat(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
-    """0x13: terminal status [VL03 §2]; longer layouts are model specific and kept raw."""
-    attributes: dict[str, Any] = {}
-    raw = frame_raw(frame)
-    if 4 <= len(frame.content) <= 6:
-        attributes, status = read_status(frame.content[:5], frame.kind)
-        raw |= status
-    return Heartbeat(uid, reply, attributes, raw)
+    """0x13: terminal status [VL03 §2]; 0x19 / 0xA5: a cell, then status (an alarm, no fix).
 
-
-def decode_lbs_status(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
-    """0x19 / 0xA5: cell and terminal status, an alarm without a GPS fix."""
-    cell, end = read_cell(frame.content, 0, wide=frame.kind == LBS_ALARM_4G)
+    Other lengths are model specific layouts, kept raw.
+    """
+    cell: dict[str, Any] = {}
+    end = 0
+    if frame.kind != STATUS:
+        cell, end = read_cell(frame.content, 0, wide=frame.kind == LBS_ALARM_4G)
     attributes: dict[str, Any] = {}
-    raw = frame_raw(frame) | cell
-    if len(frame.content) - end in (5, 6):  # other lengths: model specific layouts
+    raw = raw_fields(frame) | cell
+    if 4 <= len(frame.content) - end <= 6:
         attributes, status = read_status(frame.content[end : end + 5], frame.kind)
         raw |= status
     return Heartbeat(uid, reply, attributes, raw)
@@ -413,10 +406,10 @@ def decode_lbs_status(uid: str | None, frame: Frame, reply: bytes | None) -> Mes
 def decode_location(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
     """0x10 / 0x11 / 0x12 / 0x1E: the GPS block, then cell and model specific data."""
     fix = read_fix(frame.content)
-    raw = frame_raw(frame)
+    raw = raw_fields(frame)
     if frame.kind == LOCATION:
         raw |= read_cell(frame.content, 18)[0]
-    return position(uid, fix, reply, {}, raw)
+    return make_position(uid, fix, reply, {}, raw)
 
 
 def decode_location_acc(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
@@ -424,7 +417,7 @@ def decode_location_acc(uid: str | None, frame: Frame, reply: bytes | None) -> M
     content = frame.content
     fix = read_fix(content)
     cell, end = read_cell(content, 18, wide=frame.kind == LOCATION_4G)
-    raw = frame_raw(frame) | cell
+    raw = raw_fields(frame) | cell
     attributes: dict[str, Any] = {}
     rest = len(content) - end  # 0x37: then modules
     if rest in (3, 7) or (frame.kind == LOCATION_MODULES and rest >= 3):
@@ -432,14 +425,14 @@ def decode_location_acc(uid: str | None, frame: Frame, reply: bytes | None) -> M
         raw |= {"upload_mode": content[end + 1], "reupload": content[end + 2] > 0}
         if rest == 7:
             raw["mileage"] = int.from_bytes(content[end + 3 : end + 7])
-    return position(uid, fix, reply, attributes, raw)
+    return make_position(uid, fix, reply, attributes, raw)
 
 
 def decode_alarm(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
     """0x16 / 0x26 / 0x27 / 0xA4: GPS, cell with a length byte, terminal status [VL03 §5]."""
     content = frame.content
     attributes: dict[str, Any] = {}
-    raw = frame_raw(frame)
+    raw = raw_fields(frame)
     if len(content) >= 20:
         status_at = alarm_status_offset(content, frame.kind)
         cell, end = read_cell(content, 19, wide=frame.kind == ALARM_4G)
@@ -453,7 +446,7 @@ def decode_alarm(uid: str | None, frame: Frame, reply: bytes | None) -> Message:
     except Dropped as drop:  # keep the alarm even without its fix
         drop.fallback = Heartbeat(uid, reply, attributes, raw)
         raise
-    return position(uid, fix, reply, attributes, raw)
+    return make_position(uid, fix, reply, attributes, raw)
 
 
 def alarm_status_offset(content: bytes, kind: int) -> int:
@@ -476,8 +469,7 @@ Decoder = Callable[[str | None, Frame, bytes | None], Message]
 
 DECODERS: dict[int, Decoder] = {
     LOGIN: decode_login,
-    STATUS: decode_heartbeat,
-    **dict.fromkeys((LBS_STATUS, LBS_ALARM_4G), decode_lbs_status),
+    **dict.fromkeys((STATUS, LBS_STATUS, LBS_ALARM_4G), decode_heartbeat),
     **dict.fromkeys((GPS, GPS_LBS_6, LOCATION, GPS_LBS_EXTEND), decode_location),
     **dict.fromkeys((LOCATION_UTC, LOCATION_MODULES, LOCATION_4G), decode_location_acc),
     **dict.fromkeys((ALARM, ALARM_UTC, ALARM_FENCE, ALARM_4G), decode_alarm),

@@ -1,0 +1,136 @@
+"""Every codec in ``protocols.CODECS`` keeps the contract of ``protocols.Codec``.
+
+A new codec is covered by registering it. Its sample stream is its protocol's TCP vectors
+back to back (``vectors/<name>.jsonl`` beside /work/shared/PROTOCOLS.md, or TRACKER_VECTORS);
+without vectors, the sample based tests skip.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import protocols
+from protocols import ATTRIBUTES, CODECS, Heartbeat, Message, Position, ProtocolError
+
+VECTORS = Path(
+    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
+)
+EXAMPLES = settings(max_examples=300, deadline=None, database=None)
+
+
+@pytest.fixture(scope="module", params=sorted(CODECS))
+def name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def sample(name: str) -> bytes:
+    path = VECTORS / f"{name}.jsonl"
+    if not path.exists():
+        return b""
+    vectors = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return b"".join(
+        bytes.fromhex(v["data"]) if v["encoding"] == "hex" else v["data"].encode()
+        for v in vectors
+        if v["transport"] == "tcp"
+    )
+
+
+def run(name: str, chunks: list[bytes]) -> tuple[list[Message], bool]:
+    """Messages from feeding ``chunks`` to a fresh codec, and whether it raised ProtocolError."""
+    codec = protocols.open(name)
+    messages: list[Message] = []
+    try:
+        for chunk in chunks:
+            messages += codec.feed(chunk)
+    except ProtocolError:
+        return messages, True
+    return messages, False
+
+
+def comparable(messages: list[Message]) -> list[Message]:
+    """Replies reduced to whether there is one: they may hold the clock (time requests)."""
+    return [replace(m, reply=b"" if m.reply else None) for m in messages]
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    chunks, at = [], 0
+    for size in cuts:
+        chunks.append(data[at : at + size])
+        at += size
+    return [*chunks, data[at:]]
+
+
+def assert_plausible(messages: list[Message]) -> None:
+    for message in messages:
+        if isinstance(message, Position):
+            assert -90 <= message.lat <= 90
+            assert -180 <= message.lon <= 180
+            assert 0 <= message.course_deg <= 360
+            assert message.speed_kmh >= 0
+            assert message.fix_time.utcoffset() == timedelta(0)
+        if isinstance(message, Position | Heartbeat):
+            assert set(message.attributes) <= ATTRIBUTES
+
+
+def test_codec_is_registered_under_its_name(name: str) -> None:
+    codec = protocols.open(name)
+    assert codec.name == name
+    assert not codec.stats
+
+
+def test_one_byte_at_a_time_decodes_like_all_at_once(name: str, sample: bytes) -> None:
+    if not sample:
+        pytest.skip(f"no vectors for {name}")
+    whole, whole_failed = run(name, [sample])
+    bytewise, bytewise_failed = run(name, [bytes([b]) for b in sample])
+    assert not whole_failed
+    assert not bytewise_failed
+    assert whole
+    assert comparable(bytewise) == comparable(whole)
+    assert_plausible(whole)
+
+
+def test_endless_garbage_raises_protocol_error(name: str) -> None:
+    garbage = b"\xff" * 65_536  # no frame of any protocol; a codec must not buffer it all
+    with pytest.raises(ProtocolError):
+        protocols.open(name).feed(garbage)
+    assert run(name, [garbage[i : i + 1024] for i in range(0, len(garbage), 1024)])[1]
+
+
+@EXAMPLES
+@given(data=st.binary(max_size=4096), cuts=st.lists(st.integers(1, 512), max_size=20))
+def test_arbitrary_bytes_raise_only_protocol_error(name: str, data: bytes, cuts: list[int]) -> None:
+    messages, failed = run(name, chunked(data, cuts))
+    assert_plausible(messages)
+    whole, whole_failed = run(name, [data])
+    assert whole_failed == failed
+    if not failed:
+        assert comparable(messages) == comparable(whole)
+
+
+@EXAMPLES
+@given(
+    at=st.floats(0, 1),
+    garbage=st.binary(min_size=1, max_size=64),
+    cuts=st.lists(st.integers(1, 512), max_size=20),
+)
+def test_garbage_spliced_into_a_stream_raises_only_protocol_error(
+    name: str, sample: bytes, at: float, garbage: bytes, cuts: list[int]
+) -> None:
+    i = int(at * len(sample))
+    data = sample[:i] + garbage + sample[i:]
+    messages, failed = run(name, chunked(data, cuts))
+    assert_plausible(messages)
+    whole, whole_failed = run(name, [data])
+    assert whole_failed == failed
+    if not failed:
+        assert comparable(messages) == comparable(whole)
