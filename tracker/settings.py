@@ -58,7 +58,8 @@ class Settings:
 
 
 def _port(value: Any) -> int | None:
-    if value in ("", "off", "none", None, False):
+    # careful: 0 == False in Python, and 0 means "any free port"
+    if value is None or value is False or str(value).strip().lower() in ("", "off", "none"):
         return None
     port = _int(value)
     if not 0 <= port <= 65535:

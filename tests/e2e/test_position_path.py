@@ -262,3 +262,48 @@ async def test_many_units_at_once_share_batches(server: Server, api: httpx.Async
     locations = (await api.get("/api/v1/locations")).json()
     assert len(locations["items"]) == 50
     assert locations["missing"] == []
+
+
+async def test_track_pages_with_a_cursor_and_speaks_geojson(
+    server: Server, api: httpx.AsyncClient
+) -> None:
+    await register(api)
+    async with unit_connection(server) as unit:
+        await unit.send(LOGIN_FRAME)
+        for k in range(7):
+            fix = gt06_location(T0 + timedelta(minutes=k), 10.0 + k / 100, 20.0, serial=k + 2)
+            assert await unit.send(fix) == ack(0x22, k + 2)
+    window = {"from": "2026-11-29T00:00:00Z", "to": "2026-11-30T00:00:00Z", "limit": "3"}
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = window | ({"cursor": cursor} if cursor else {})
+        page = (await api.get("/api/v1/vehicles/veh-1/track", params=params)).json()
+        seen += [p["fix_time"] for p in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == [f"2026-11-29T10:0{k}:00Z" for k in range(7)]
+
+    geo = await api.get("/api/v1/vehicles/veh-1/track", params=window | {"format": "geojson"})
+    body = geo.json()
+    assert body["type"] == "FeatureCollection"
+    first = body["features"][0]
+    assert first["geometry"] == {"type": "Point", "coordinates": [20.0, pytest.approx(10.0)]}
+    assert first["properties"]["unique_id"] == IMEI
+    assert body["next_cursor"] is not None
+
+
+async def test_registering_a_knocking_unit_clears_it_from_unknown(
+    server: Server, api: httpx.AsyncClient
+) -> None:
+    async with unit_connection(server) as unit:
+        unit.writer.write(LOGIN_FRAME)
+        assert await asyncio.wait_for(unit.reader.read(100), 5) == b""
+    assert [u["unique_id"] for u in (await api.get("/api/v1/units/unknown")).json()["items"]] == [
+        IMEI
+    ]
+    await register(api)
+    assert (await api.get("/api/v1/units/unknown")).json()["items"] == []
+    async with unit_connection(server) as unit:
+        assert await unit.send(LOGIN_FRAME) == LOGIN_REPLY

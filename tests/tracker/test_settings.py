@@ -43,11 +43,16 @@ url = "postgresql://u@db/tracker"
 port = 0
 accept_bad_crc = true
 [protocols.osmand]
-port = "off"
+port = 0
 """,
     )
     settings = load(
-        path, environ={"TRACKER_HTTP_PORT": "9100", "TRACKER_PROTOCOLS_GT06_PORT": "6023"}
+        path,
+        environ={
+            "TRACKER_HTTP_PORT": "9100",
+            "TRACKER_PROTOCOLS_GT06_PORT": "6023",
+            "TRACKER_PROTOCOLS_OSMAND_PORT": "off",
+        },
     )
     assert settings.http_host == "0.0.0.0"
     assert settings.http_port == 9100
@@ -60,6 +65,14 @@ port = "off"
     osmand = settings.protocol("osmand")
     assert osmand is not None
     assert osmand.port is None
+
+
+def test_port_zero_means_any_free_port(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, "[http]\nport = 0\n[protocols.gt06]\nport = 0\n"), environ={})
+    assert settings.http_port == 0
+    gt06 = settings.protocol("gt06")
+    assert gt06 is not None
+    assert gt06.port == 0
 
 
 @pytest.mark.parametrize(

@@ -140,7 +140,8 @@ class Store(Protocol):
     ) -> tuple[Vehicle, bool]:
         """Create or replace a vehicle and its units; return it and whether it is new.
 
-        Units of this vehicle not in ``units`` are removed from it. Each unit is
+        Units of this vehicle not in ``units`` are removed from it; units in it
+        are no longer listed as unknown. Each unit is
         stored under ``vehicle_id`` (its own ``vehicle_id`` field is ignored).
 
         Raises:

@@ -227,6 +227,8 @@ class PostgisStore:
                         "SELECT vehicle_id FROM units WHERE unique_id = $1", taken
                     )
                     raise UnitConflict(taken, other)
+                # a registered unit is no longer an unknown one
+                await conn.execute("DELETE FROM unknown_units WHERE unique_id = ANY($1)", ids)
         vehicle = Vehicle(vehicle_id, plate, vin, loan_ref, wanted, row["updated_at"])
         return vehicle, row["created"]
 

@@ -270,6 +270,10 @@ class SqliteDb:
                 " SET kind = excluded.kind, silent_after_s = excluded.silent_after_s",
                 [(u.unique_id, vehicle_id, u.kind, u.silent_after_s) for u in wanted],
             )
+            # a registered unit is no longer an unknown one
+            conn.executemany(
+                "DELETE FROM unknown_units WHERE unique_id = ?", [(u.unique_id,) for u in wanted]
+            )
         return Vehicle(vehicle_id, plate, vin, loan_ref, wanted, from_us(now)), created
 
     def vehicles(self, where: str, *args: Any) -> list[Vehicle]:

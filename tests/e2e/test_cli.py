@@ -1,0 +1,102 @@
+"""The ``tracker`` command as an operator runs it: a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def tracker(
+    *args: str, env: dict[str, str] | None = None, **kwargs: object
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tracker", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kwargs,  # type: ignore[call-overload]
+    )
+
+
+def test_serve_prints_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "tracker.toml"
+    config.write_text(f"""
+data_dir = "{tmp_path}/var"
+[http]
+port = 0
+[database]
+url = "sqlite:///{tmp_path}/var/tracker.db"
+[protocols.gt06]
+port = 0
+host = "127.0.0.1"
+[protocols.osmand]
+port = 0
+host = "127.0.0.1"
+""")
+    process = tracker("serve", "--config", str(config))
+    assert process.stdout is not None
+    lines = [process.stdout.readline() for _ in range(5)]
+    try:
+        http_line = next(line for line in lines if "REST API" in line)
+        base = http_line.split(" on ")[1].split()[0]
+        key = lines[-1].rsplit(" ", 1)[-1].strip()
+        assert key == (tmp_path / "var" / "admin_key").read_text().strip()
+        request = urllib.request.Request(
+            f"{base}/api/v1/server", headers={"Authorization": f"Bearer {key}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            info = json.loads(response.read())
+        assert f"tracker: gt06 units on TCP port {info['ports']['gt06']}\n" in lines
+        assert f"osmand units on HTTP port {info['ports']['osmand']}\n" in "".join(lines)
+        assert info["store"] == "sqlite"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "stopping" in out
+
+
+@pytest.mark.postgis
+def test_migrate_creates_the_postgis_schema(postgis_url: str) -> None:
+    process = tracker("migrate", env={"TRACKER_DATABASE_URL": postgis_url})
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "schema up to date" in out
+
+    async def tables() -> set[str]:
+        conn = await asyncpg.connect(postgis_url)
+        try:
+            rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname='public'")
+            return {r["tablename"] for r in rows}
+        finally:
+            await conn.close()
+
+    import asyncio
+
+    assert {"vehicles", "units", "positions", "unknown_units"} <= asyncio.run(tables())
+
+
+def test_decode_shows_a_pasted_packet() -> None:
+    # GT06 login, shared/vectors/gt06.jsonl (traccar Gt06 test)
+    process = tracker("decode", "gt06", "78780d01012345678901234500018cdd0d0a")
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    decoded = json.loads(out)
+    assert decoded["message"] == "Login"
+    assert decoded["unique_id"] == "123456789012345"
+    assert decoded["reply"] == "787805010001d9dc0d0a"
+    bad = tracker("decode", "gt06", "zz")
+    _, err = bad.communicate(timeout=30)
+    assert bad.returncode == 1
+    assert "not hex" in err
