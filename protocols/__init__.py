@@ -15,6 +15,7 @@ dropped (bad checksum, impossible field, unknown type) are counted in
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from protocols.messages import ATTRIBUTES, Heartbeat, Login, Message, Other, Pos
 __all__ = [
     "ATTRIBUTES",
     "CODECS",
+    "UDP",
     "Codec",
     "Heartbeat",
     "Login",
@@ -51,17 +53,34 @@ class Codec(Protocol):
         ...
 
 
-def _registry() -> dict[str, type[Codec]]:
-    from protocols.gt06 import Gt06Codec
+# name -> "module:Class". One line per protocol; nothing is discovered.
+_CODEC_PATHS = {
+    "gt06": "protocols.gt06:Gt06Codec",
+}
 
-    return {"gt06": Gt06Codec}
+# Protocols whose units also speak UDP: their codec takes ``transport="udp"``
+# and is fed one whole datagram at a time.
+UDP = frozenset({"teltonika"})
+
+
+def _registry() -> dict[str, type[Codec]]:
+    codecs: dict[str, type[Codec]] = {}
+    for name, path in _CODEC_PATHS.items():
+        module, _, cls = path.partition(":")
+        codecs[name] = getattr(importlib.import_module(module), cls)
+    return codecs
 
 
 CODECS: dict[str, type[Codec]] = _registry()
 
 
 def open(name: str, **options: object) -> Codec:
-    """A fresh codec for one connection of protocol ``name``."""
+    """A fresh codec for one connection (or UDP peer) of protocol ``name``.
+
+    Every codec takes ``accept_bad_crc: bool = False`` (ignored where the
+    protocol has no checksum) and ``now``, a clock for replies that carry the
+    server time; codecs in ``UDP`` also take ``transport="tcp" | "udp"``.
+    """
     try:
         cls = CODECS[name]
     except KeyError:
