@@ -11,6 +11,7 @@ import base64
 import binascii
 import contextlib
 import hmac
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -90,6 +91,17 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def protocol_counters(stats: Counter[str], ports: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Counters per protocol: ``frames_dropped.gt06.bad_crc`` -> gt06: frames_dropped.bad_crc."""
+    grouped: dict[str, dict[str, int]] = {name: {} for name in ports if name != "http"}
+    for key, count in stats.items():
+        kind, _, rest = key.partition(".")
+        name, _, reason = rest.partition(".")
+        if name in grouped:
+            grouped[name][f"{kind}.{reason}" if reason else kind] = count
+    return grouped
+
+
 def _encode_cursor(row: StoredPosition) -> str:
     raw = f"{row.fix_time.isoformat()}|{row.unique_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -155,6 +167,8 @@ def create_app(server: Server) -> FastAPI:
             "version": tracker.__version__,
             "store": server.store.kind,
             "ports": server.ports,
+            "udp_ports": server.udp_ports,
+            "protocols": protocol_counters(server.stats, server.ports),
             "register_unknown_units": server.registry.register_unknown_units,
             "live_subscribers": server.hub.subscriber_count,
             "stats": dict(sorted(server.stats.items())),

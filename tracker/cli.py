@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import logging
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import tracker
+from protocols.messages import Heartbeat, Message, Other, Position
 from tracker import settings as settings_module
 from tracker.settings import ConfigError, Settings
 
@@ -75,40 +75,82 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _message_json(message: Message) -> dict[str, Any]:
+    """One decoded message as ``tracker decode --json`` prints it."""
+    body: dict[str, Any] = {"type": type(message).__name__.lower(), "unique_id": message.unique_id}
+    if isinstance(message, Position):
+        body |= {
+            "fix_time": message.fix_time.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+            "lat": message.lat,
+            "lon": message.lon,
+            "speed_kmh": message.speed_kmh,
+            "course": message.course_deg,
+            "valid": message.valid,
+            "satellites": message.satellites,
+            "altitude_m": message.altitude_m,
+            "accuracy_m": message.accuracy_m,
+            "attributes": message.attributes,
+        }
+    elif isinstance(message, Heartbeat):
+        body["attributes"] = message.attributes
+    elif isinstance(message, Other):
+        body["kind"] = message.kind
+    body["raw"] = message.raw
+    return body
+
+
+def _packet(text: str, force_text: bool) -> bytes:
+    """Hex (spaces, colons and a 0x prefix allowed) unless it is not hex or ``--text``."""
+    if not force_text:
+        compact = text.strip().removeprefix("0x").replace(" ", "").replace(":", "")
+        try:
+            return bytes.fromhex(compact)
+        except ValueError:
+            pass
+    return text.encode().decode("unicode_escape").encode("latin-1")  # \r\n typed as such
+
+
 def cmd_decode(args: argparse.Namespace) -> int:
     import protocols
     from protocols import osmand
 
+    messages: list[Message]
     if args.protocol == "osmand":
         query = args.data.split("?", 1)[-1]
         try:
-            message: Any = osmand.decode("GET", query, b"", None, now=None)
+            messages = [osmand.decode("GET", query, b"", None, now=datetime.now(UTC))]
         except osmand.OsmandError as exc:
-            print(f"tracker: not decoded: {exc}", file=sys.stderr)
+            print(f"tracker: nothing decoded: {exc}", file=sys.stderr)
             return 1
-        messages = [message]
+        dropped: dict[str, int] = {}
     else:
         try:
-            text: str = args.data
-            data = text.encode() if args.text else bytes.fromhex(text.replace(" ", ""))
-        except ValueError:
-            print("tracker: data is not hex; pass --text for text protocols", file=sys.stderr)
-            return 1
-        try:
-            codec = protocols.open(args.protocol)
+            options = {"accept_bad_crc": True} if args.accept_bad_crc else {}
+            codec = protocols.open(args.protocol, **options)
         except ValueError as exc:
             print(f"tracker: {exc}", file=sys.stderr)
             return 1
         try:
-            messages = codec.feed(data)
+            messages = codec.feed(_packet(args.data, args.text))
         except protocols.ProtocolError as exc:
-            print(f"tracker: not decoded: {exc}", file=sys.stderr)
+            print(f"tracker: nothing decoded: {exc}", file=sys.stderr)
             return 1
-        if codec.stats:
-            print(f"tracker: dropped: {dict(codec.stats)}", file=sys.stderr)
-    for item in messages:
-        fields = {"message": type(item).__name__, **dataclasses.asdict(item)}
-        print(json.dumps(_jsonable(fields), indent=2))
+        dropped = dict(codec.stats)
+    if not messages:
+        why = f" (dropped: {dropped})" if dropped else " (an incomplete frame?)"
+        print(f"tracker: nothing decoded from that {args.protocol} data{why}", file=sys.stderr)
+        return 1
+    for message in messages:
+        body = _jsonable(_message_json(message))
+        reply = message.reply.hex() if message.reply is not None else None
+        if args.json:
+            print(json.dumps(body))
+            if reply is not None:
+                print(json.dumps({"type": "reply", "reply": reply}))
+        else:
+            print(json.dumps(body | {"reply": reply}, indent=2))
+    if dropped:
+        print(f"tracker: also dropped: {dropped}", file=sys.stderr)
     return 0
 
 
@@ -146,8 +188,16 @@ def parser() -> argparse.ArgumentParser:
 
     decode = commands.add_parser("decode", help="show what a pasted packet decodes to")
     decode.add_argument("protocol", help="gt06, osmand, ...")
-    decode.add_argument("data", help="hex bytes (spaces allowed), or the OsmAnd query/URL")
-    decode.add_argument("--text", action="store_true", help="data is text, not hex")
+    decode.add_argument(
+        "data", help="hex bytes (spaces allowed), text (text protocols), or the OsmAnd query/URL"
+    )
+    decode.add_argument("--text", action="store_true", help="take data as text even if it is hex")
+    decode.add_argument(
+        "--accept-bad-crc", action="store_true", help="decode frames whose checksum is wrong"
+    )
+    decode.add_argument(
+        "--json", action="store_true", help="one JSON object per line: each message, its reply"
+    )
     decode.set_defaults(func=cmd_decode)
 
     simulate = commands.add_parser("simulate", help="fake GT06 units driving around")

@@ -38,6 +38,23 @@ class Session:
         self.unit: Unit | None = None
         self.refused = False  # an unknown unit: close after its login
 
+    async def feed(self, codec: protocols.Codec, data: bytes) -> list[bytes]:
+        """Decode ``data`` and handle what it completes; return the replies.
+
+        Raises:
+            ProtocolError: the codec cannot frame the stream.
+            StoreUnavailable: positions were not stored; send nothing.
+        """
+        try:
+            messages = codec.feed(data)
+        finally:
+            for reason, count in codec.stats.items():
+                self.stats[f"frames_dropped.{self.protocol}.{reason}"] += count
+            codec.stats.clear()
+        replies = await self.handle(messages)
+        self.stats[f"replies.{self.protocol}"] += len(replies)
+        return replies
+
     async def handle(self, messages: list[Message]) -> list[bytes]:
         """Handle decoded messages in order; return the replies to send.
 
@@ -46,6 +63,7 @@ class Session:
         """
         replies: list[bytes] = []
         rows: list[StoredPosition] = []
+        self.stats[f"messages.{self.protocol}"] += len(messages)
         for message in messages:
             unit = await self._unit_for(message)
             if unit is None:
@@ -54,6 +72,7 @@ class Session:
                 self.stats[f"messages_dropped.{self.protocol}.before_login"] += 1
                 continue
             if isinstance(message, Position):
+                self.stats[f"positions.{self.protocol}"] += 1
                 if (row := self._pipeline.accept(unit, self.protocol, message)) is not None:
                     rows.append(row)
             else:
@@ -88,8 +107,17 @@ class Session:
         return self.unit
 
 
+def _codec(settings: ProtocolSettings, transport: str) -> protocols.Codec:
+    options: dict[str, object] = {}
+    if settings.accept_bad_crc:
+        options["accept_bad_crc"] = True
+    if transport == "udp":
+        options["transport"] = "udp"
+    return protocols.open(settings.name, **options)
+
+
 class Gateway:
-    """One TCP listener per binary protocol."""
+    """One TCP listener per binary protocol (and a UDP one where ``settings.udp``)."""
 
     def __init__(self, settings: ProtocolSettings, registry: Registry, pipeline: Pipeline) -> None:
         self.settings = settings
@@ -98,6 +126,7 @@ class Gateway:
         self.stats: Counter[str] = pipeline.stats
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._udp: UdpListener | None = None
 
     @property
     def name(self) -> str:
@@ -110,13 +139,25 @@ class Gateway:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def udp_port(self) -> int | None:
+        return self._udp.port if self._udp is not None else None
+
     async def start(self) -> None:
         assert self.settings.port is not None
         self._server = await asyncio.start_server(
             self._accept, self.settings.host, self.settings.port, limit=READ_SIZE
         )
+        if self.settings.udp and self.name in protocols.UDP:
+            # the same port number as TCP, as units are configured with one port
+            assert self.port is not None
+            self._udp = UdpListener(self.settings, self._registry, self._pipeline)
+            await self._udp.start(self.port)
 
     async def stop(self) -> None:
+        if self._udp is not None:
+            await self._udp.stop()
+            self._udp = None
         if self._server is not None:
             self._server.close()
             for task in list(self._connections):
@@ -137,19 +178,14 @@ class Gateway:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
-        options = {"accept_bad_crc": True} if self.settings.accept_bad_crc else {}
-        codec = protocols.open(self.name, **options)
+        codec = _codec(self.settings, "tcp")
         session = Session(self.name, peer, self._registry, self._pipeline)
         self.stats[f"connections.{self.name}"] += 1
         first_bytes = b""
         try:
             while data := await reader.read(READ_SIZE):
                 first_bytes = first_bytes or data[:32]
-                try:
-                    messages = codec.feed(data)
-                finally:
-                    self._count_codec(codec.stats)
-                replies = await session.handle(messages)
+                replies = await session.feed(codec, data)
                 if replies:
                     writer.write(b"".join(replies))
                     await writer.drain()
@@ -172,7 +208,97 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _count_codec(self, codec_stats: Counter[str]) -> None:
-        for reason, count in codec_stats.items():
-            self.stats[f"frames_dropped.{self.name}.{reason}"] += count
-        codec_stats.clear()
+
+class UdpListener(asyncio.DatagramProtocol):
+    """UDP units: one codec and session per peer address, one task per peer so a
+    peer's datagrams stay in order; replies go back to the address they came from.
+    A peer silent for ``PEER_IDLE_S`` is forgotten; at most ``MAX_PEERS`` at once."""
+
+    PEER_IDLE_S = 300.0
+    MAX_PEERS = 100_000
+    QUEUE = 64  # datagrams waiting per peer; more are dropped (the unit resends)
+
+    def __init__(self, settings: ProtocolSettings, registry: Registry, pipeline: Pipeline) -> None:
+        self.settings = settings
+        self._registry = registry
+        self._pipeline = pipeline
+        self.stats = pipeline.stats
+        self._transport: asyncio.DatagramTransport | None = None
+        self._peers: dict[tuple[str, int], asyncio.Queue[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def port(self) -> int | None:
+        if self._transport is None:
+            return None
+        port: int = self._transport.get_extra_info("sockname")[1]
+        return port
+
+    async def start(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_datagram_endpoint(lambda: self, local_addr=(self.settings.host, port))
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        queue = self._peers.get(addr)
+        if queue is None:
+            if len(self._peers) >= self.MAX_PEERS:
+                self.stats[f"datagrams_dropped.{self.name}.too_many_peers"] += 1
+                return
+            queue = self._peers[addr] = asyncio.Queue(self.QUEUE)
+            task = asyncio.create_task(self._serve_peer(addr, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            queue.put_nowait(data)
+        except asyncio.QueueFull:
+            self.stats[f"datagrams_dropped.{self.name}.backlog"] += 1
+
+    async def _serve_peer(self, addr: tuple[str, int], queue: asyncio.Queue[bytes]) -> None:
+        peer = f"{addr[0]}:{addr[1]}"
+        codec = _codec(self.settings, "udp")
+        session = Session(self.name, peer, self._registry, self._pipeline)
+        self.stats[f"udp_peers.{self.name}"] += 1
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(queue.get(), self.PEER_IDLE_S)
+                except TimeoutError:
+                    return
+                try:
+                    replies = await session.feed(codec, data)
+                except ProtocolError as exc:
+                    self.stats[f"datagrams_dropped.{self.name}.protocol_error"] += 1
+                    log.warning(
+                        "%s udp %s: %s; first bytes %s", self.name, peer, exc, data[:32].hex()
+                    )
+                    codec = _codec(self.settings, "udp")
+                    continue
+                except StoreUnavailable:
+                    self.stats[f"datagrams_dropped.{self.name}.store_unavailable"] += 1
+                    continue
+                if self._transport is not None:
+                    for reply in replies:
+                        self._transport.sendto(reply, addr)
+                if session.refused:  # an unknown unit may be registered later
+                    session = Session(self.name, peer, self._registry, self._pipeline)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s udp %s: peer failed", self.name, peer)
+        finally:
+            self._peers.pop(addr, None)

@@ -30,7 +30,7 @@ def create_osmand_app(server: Server, *, speed_unit: str = "kn") -> Starlette:
     unit_speed: osmand.SpeedUnit = speed_unit  # type: ignore[assignment]  # settings checked it
 
     async def receive(request: Request) -> PlainTextResponse:
-        stats["osmand.requests"] += 1
+        stats["requests.osmand"] += 1
         body = await request.body()
         if len(body) > MAX_BODY_BYTES:
             return _refuse(413, f"body over {MAX_BODY_BYTES} bytes; send one fix per request")
@@ -52,7 +52,7 @@ def create_osmand_app(server: Server, *, speed_unit: str = "kn") -> Starlette:
             stats["positions_dropped.no_fix"] += 1
             return PlainTextResponse("OK")
         except osmand.OsmandError as exc:
-            stats["osmand.bad_requests"] += 1
+            stats["bad_requests.osmand"] += 1
             return _refuse(400, str(exc))
         assert position.unique_id is not None
         unit = await _unit(request, position.unique_id)

@@ -97,6 +97,7 @@ class Server:
         ]
         self._http: list[tuple[str, _EmbeddedUvicorn, asyncio.Task[None]]] = []
         self.ports: dict[str, int] = {}
+        self.udp_ports: dict[str, int] = {}
 
     async def start(self) -> None:
         from tracker.api import create_app
@@ -110,6 +111,8 @@ class Server:
             await gateway.start()
             assert gateway.port is not None
             self.ports[gateway.name] = gateway.port
+            if gateway.udp_port is not None:
+                self.udp_ports[gateway.name] = gateway.udp_port
         osmand = self.settings.protocol("osmand")
         if osmand is not None and osmand.port is not None:
             app = create_osmand_app(self, speed_unit=osmand.speed_unit)
@@ -159,6 +162,7 @@ class Server:
         for name, port in sorted(self.ports.items()):
             if name != "http":
                 kind = "HTTP" if name == "osmand" else "TCP"
+                kind += " and UDP" if name in self.udp_ports else ""
                 lines.append(f"tracker: {name} units on {kind} port {port}")
         lines.append(f"tracker: admin API key: {self.admin_key}")
         return "\n".join(lines)

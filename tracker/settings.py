@@ -19,7 +19,17 @@ from typing import Any
 
 # Default ports follow the most widely deployed open tracking server, so a unit
 # configured for it works unchanged.
-DEFAULT_PORTS: dict[str, int] = {"gt06": 5023, "osmand": 5055}
+DEFAULT_PORTS: dict[str, int] = {
+    "gt06": 5023,
+    "jt808": 5015,
+    "h02": 5013,
+    "teltonika": 5027,
+    "osmand": 5055,
+    "tk103": 5002,
+    "queclink": 5004,
+    "meitrack": 5020,
+    "watch": 5093,
+}
 HTTP_PROTOCOLS = frozenset({"osmand"})
 
 
@@ -33,6 +43,7 @@ class ProtocolSettings:
     port: int | None  # None: not listening; 0: any free port
     host: str = "0.0.0.0"
     accept_bad_crc: bool = False
+    udp: bool = False  # also listen for UDP datagrams on the same port number
     speed_unit: str = "kn"  # OsmAnd only: kn, kmh, mps, mph
 
 
@@ -49,7 +60,8 @@ class Settings:
     future_limit_s: int = 86_400
     protocols: tuple[ProtocolSettings, ...] = field(
         default_factory=lambda: tuple(
-            ProtocolSettings(name, port) for name, port in DEFAULT_PORTS.items()
+            ProtocolSettings(name, port, udp=name in _udp_protocols())
+            for name, port in DEFAULT_PORTS.items()
         )
     )
 
@@ -140,6 +152,7 @@ _PROTOCOL_KEYS: dict[str, Callable[[Any], Any]] = {
     "port": _port,
     "host": _str,
     "accept_bad_crc": _bool,
+    "udp": _bool,
     "speed_unit": _speed_unit,
 }
 
@@ -148,6 +161,12 @@ def _known_protocols() -> list[str]:
     from protocols import CODECS
 
     return sorted(set(CODECS) | HTTP_PROTOCOLS)
+
+
+def _udp_protocols() -> frozenset[str]:
+    from protocols import UDP
+
+    return UDP
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -212,6 +231,7 @@ def _build(values: dict[str, Any]) -> Settings:
                 port=port,
                 host=values.get(prefix + "host", "0.0.0.0"),
                 accept_bad_crc=values.get(prefix + "accept_bad_crc", False),
+                udp=values.get(prefix + "udp", proto in _udp_protocols()),
                 speed_unit=values.get(prefix + "speed_unit", "kn"),
             )
         )

@@ -93,10 +93,43 @@ def test_decode_shows_a_pasted_packet() -> None:
     out, err = process.communicate(timeout=30)
     assert process.returncode == 0, err
     decoded = json.loads(out)
-    assert decoded["message"] == "Login"
+    assert decoded["type"] == "login"
     assert decoded["unique_id"] == "123456789012345"
     assert decoded["reply"] == "787805010001d9dc0d0a"
-    bad = tracker("decode", "gt06", "zz")
+
+
+def test_decode_json_lines_for_a_support_engineer() -> None:
+    # GT06 0x12 location with a wrong CRC (shared/vectors/gt06.jsonl, traccar Gt06 test)
+    frame = (
+        "78 78 1f 12 0b 08 1d 11 2e 10 cc 02 7a c7 eb 0c 46 58 49 00 14 8f"
+        " 01 cc 00 28 7d 00 1f b8 00 03 80 81 0d 0a"
+    )
+    refused = tracker("decode", "gt06", frame, "--json")
+    out, err = refused.communicate(timeout=30)
+    assert refused.returncode == 1
+    assert out == ""
+    assert "bad_crc" in err
+    process = tracker("decode", "gt06", frame, "--json", "--accept-bad-crc")
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    position, reply = (json.loads(line) for line in out.splitlines())
+    assert position["type"] == "position"
+    assert position["fix_time"] == "2011-08-29T17:46:16Z"
+    assert round(position["lat"], 6) == 23.111668
+    assert round(position["lon"], 6) == 114.409285
+    assert position["speed_kmh"] == 0
+    assert position["course"] == 143
+    assert position["valid"] is True
+    assert isinstance(position["attributes"], dict)
+    assert reply == {"type": "reply", "reply": "787805120003903f0d0a"}
+
+
+def test_decode_says_why_nothing_decoded() -> None:
+    bad = tracker("decode", "gt06", "7878")
     _, err = bad.communicate(timeout=30)
     assert bad.returncode == 1
-    assert "not hex" in err
+    assert "nothing decoded" in err
+    unknown = tracker("decode", "nosuch", "00")
+    _, err = unknown.communicate(timeout=30)
+    assert unknown.returncode == 1
+    assert "unknown protocol" in err

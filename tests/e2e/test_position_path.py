@@ -148,6 +148,12 @@ async def test_gt06_unit_end_to_end(server: Server, api: httpx.AsyncClient) -> N
     ]
     assert track["next_cursor"] is None
 
+    counters = (await api.get("/api/v1/server")).json()["protocols"]["gt06"]
+    assert counters["connections"] == 1
+    assert counters["messages"] == 4  # login, location, heartbeat, alarm
+    assert counters["positions"] == 2
+    assert counters["replies"] == 4
+
 
 async def test_resent_position_is_stored_once_and_acked_again(
     server: Server, api: httpx.AsyncClient
