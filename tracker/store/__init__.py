@@ -1,6 +1,9 @@
 """Storage: the ``Store`` interface and its adapters."""
 
 from tracker.store.base import (
+    Delivery,
+    Event,
+    GeofenceRecord,
     Store,
     StoredPosition,
     Unit,
@@ -8,9 +11,13 @@ from tracker.store.base import (
     UnknownSighting,
     UnknownUnit,
     Vehicle,
+    Webhook,
 )
 
 __all__ = [
+    "Delivery",
+    "Event",
+    "GeofenceRecord",
     "Store",
     "StoredPosition",
     "Unit",
@@ -18,6 +25,7 @@ __all__ = [
     "UnknownSighting",
     "UnknownUnit",
     "Vehicle",
+    "Webhook",
     "open_store",
 ]
 

@@ -107,6 +107,78 @@ class UnitConflict(Exception):
         self.other_vehicle_id = other_vehicle_id
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something a lender should know about a vehicle. Immutable once stored.
+
+    ``alert_key`` groups the events of one alert (``unit_silent:<unique_id>``,
+    ``geofence:<fence id>``, ...): an event with ``clears=False`` opens the
+    alert, one with ``clears=True`` closes it. An alert is open while the
+    newest event with its key (per vehicle) does not clear. One-off events have
+    no key. ``seq`` is the store's monotonically increasing sequence: the feed
+    cursor. It is None until stored.
+    """
+
+    id: str
+    type: str
+    severity: Severity
+    vehicle_id: str
+    unique_id: str | None
+    fix_time: datetime | None  # the triggering fix (or the missed deadline)
+    detected_at: datetime
+    lat: float | None = None
+    lon: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    late: bool = False
+    alert_key: str | None = None
+    clears: bool = False
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GeofenceRecord:
+    """A fence as stored: its GeoJSON geometry (Polygon or MultiPolygon, lon/lat)."""
+
+    id: str
+    name: str
+    category: str
+    geometry: dict[str, Any]
+    vehicle_ids: tuple[str, ...] | None  # None: every vehicle
+    created_at: datetime
+    details: dict[str, Any] = field(default_factory=dict)  # how it was drawn (circle, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    id: str
+    url: str
+    secret: str
+    event_types: tuple[str, ...] | None  # None: every type
+    created_at: datetime
+
+
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One event to one webhook: the outbox row. ``failed`` is final (gave up)."""
+
+    id: int
+    webhook_id: str
+    event_seq: int
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    created_at: datetime
+    last_error: str | None = None
+    last_status_code: int | None = None
+    delivered_at: datetime | None = None
+
+
 def vehicle_units(vehicle_id: str, units: Sequence[Unit]) -> tuple[Unit, ...]:
     """``units`` as ``put_vehicle`` stores them: under ``vehicle_id``, one per
     ``unique_id`` (the last one named wins), ordered by ``unique_id``."""
@@ -191,3 +263,76 @@ class Store(Protocol):
         ``record_unknown`` counts each sighting; it keeps the earliest
         ``first_seen``, the latest ``last_seen`` and the protocol and address
         of the sighting recorded last."""
+
+    # unit liveness (restart-safe silence detection)
+    async def save_last_seen(self, seen: Sequence[tuple[str, datetime]]) -> None:
+        """Remember when units last said anything; never moves a time backwards."""
+
+    async def last_seen(self) -> dict[str, datetime]:
+        """unique_id -> last time it said anything, for every unit remembered."""
+
+    # events
+    async def insert_events(self, events: Sequence[Event]) -> list[Event]:
+        """Store events in one transaction, and queue one pending delivery per
+        matching webhook (event type in its ``event_types``, or it takes all) in
+        the same transaction, due at once. Return the events with ``seq`` set,
+        in order."""
+
+    async def events(
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        vehicle_id: str | None = None,
+        types: Sequence[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        newest_first: bool = False,
+    ) -> list[Event]:
+        """Events with seq > ``after`` (oldest first unless ``newest_first``),
+        filtered by vehicle, types and ``since <= detected_at < until``."""
+
+    async def open_alerts(self) -> list[Event]:
+        """For each (vehicle_id, alert_key), its newest event, when that one does
+        not clear: the alerts open now."""
+
+    # geofences
+    async def put_geofence(self, fence: GeofenceRecord) -> None:
+        """Create or replace by id."""
+
+    async def get_geofence(self, fence_id: str) -> GeofenceRecord | None: ...
+
+    async def list_geofences(self) -> list[GeofenceRecord]:
+        """Every fence, ordered by id."""
+
+    async def delete_geofence(self, fence_id: str) -> bool: ...
+
+    # webhooks and their outbox
+    async def put_webhook(self, webhook: Webhook) -> None: ...
+
+    async def list_webhooks(self) -> list[Webhook]: ...
+
+    async def get_webhook(self, webhook_id: str) -> Webhook | None: ...
+
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Remove it and its deliveries."""
+
+    async def due_deliveries(
+        self, now: datetime, *, limit: int
+    ) -> list[tuple[Delivery, Webhook, Event]]:
+        """Pending deliveries whose ``next_attempt_at`` <= now, oldest first."""
+
+    async def update_delivery(
+        self,
+        delivery_id: int,
+        *,
+        status: DeliveryStatus,
+        attempts: int,
+        next_attempt_at: datetime,
+        last_error: str | None,
+        last_status_code: int | None,
+        delivered_at: datetime | None,
+    ) -> None: ...
+
+    async def deliveries(self, webhook_id: str, *, limit: int) -> list[Delivery]:
+        """Newest first."""
