@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 
 import tracker
 from tracker import views
+from tracker.api_events import rule_routes
 from tracker.live import ALL
 from tracker.page import PAGE_HTML, mount_static
 from tracker.store import StoredPosition, Unit, UnitConflict
@@ -311,6 +312,8 @@ def create_app(server: Server) -> FastAPI:
                 for r in rows
             ]
         }
+
+    app.include_router(rule_routes(server, api))
 
     @app.websocket("/api/v1/live")
     async def live(websocket: WebSocket) -> None:

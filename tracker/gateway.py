@@ -75,10 +75,11 @@ class Session:
                 self.stats[f"positions.{self.protocol}"] += 1
                 if (row := self._pipeline.accept(unit, self.protocol, message)) is not None:
                     rows.append(row)
+                else:  # dropped by a filter, but the unit is alive
+                    self._pipeline.saw(unit.unique_id)
             else:
-                self._pipeline.saw(unit.unique_id)
-                if isinstance(message, Heartbeat):
-                    self.stats["heartbeats"] += 1
+                attributes = message.attributes if isinstance(message, Heartbeat) else None
+                self._pipeline.saw(unit.unique_id, attributes)
             if message.reply is not None:
                 replies.append(message.reply)
         await self._pipeline.commit(rows)

@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -35,6 +35,14 @@ log = logging.getLogger(__name__)
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class Observer(Protocol):
+    """Who hears about committed positions and other reports (the rules)."""
+
+    def committed(self, rows: Sequence[StoredPosition]) -> None: ...
+
+    def reported(self, unique_id: str, when: datetime, attributes: dict[str, Any]) -> None: ...
 
 
 class StoreUnavailable(Exception):
@@ -79,6 +87,7 @@ class Pipeline:
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
+        self.observer: Observer | None = None
 
     def accept(self, unit: Unit, protocol: str, position: Position) -> StoredPosition | None:
         """The row to store for this fix, or None if a filter drops it (counted)."""
@@ -108,9 +117,13 @@ class Pipeline:
             attributes=_jsonable(attributes),
         )
 
-    def saw(self, unique_id: str) -> None:
-        """The unit said something that is not a stored position (heartbeat, login)."""
-        self._cache.saw(unique_id, self.clock())
+    def saw(self, unique_id: str, attributes: dict[str, Any] | None = None) -> None:
+        """The unit said something that is not a stored position (heartbeat,
+        login, a dropped fix); a heartbeat's ``attributes`` may carry alarms."""
+        now = self.clock()
+        self._cache.saw(unique_id, now)
+        if self.observer is not None:
+            self.observer.reported(unique_id, now, attributes or {})
 
     async def commit(self, rows: list[StoredPosition]) -> None:
         """Return once ``rows`` are durable, cached and published.
@@ -200,3 +213,9 @@ class Pipeline:
             latest = self._cache.update(row)
             message = orjson.dumps(views.live_position(row, latest=latest)).decode()
             self._hub.publish(row.vehicle_id, row.unique_id, message, latest=latest)
+        if self.observer is not None:
+            try:
+                self.observer.committed(rows)
+            except Exception:  # a rule bug must not hold back acknowledgements
+                log.exception("rules failed on a batch of %d positions", len(rows))
+                self.stats["rule_failures"] += 1

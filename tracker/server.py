@@ -25,9 +25,12 @@ from starlette.applications import Starlette
 from protocols import CODECS
 from tracker.cache import LatestState
 from tracker.devices import Registry
+from tracker.events import Events
+from tracker.fences import Fences
 from tracker.gateway import Gateway
 from tracker.ingest import Pipeline, utcnow
 from tracker.live import Hub
+from tracker.rules import RuleEngine
 from tracker.settings import Settings
 from tracker.store import Store, open_store
 
@@ -89,6 +92,15 @@ class Server:
             future_limit=timedelta(seconds=settings.future_limit_s),
             clock=clock,
         )
+        self.engine = RuleEngine(
+            settings.rules,
+            unit=self.registry.unit_for,
+            vehicle=self.registry.vehicle,
+            latest=self.cache.unit,
+        )
+        self.events = Events(self.store, self.engine, self.hub, self.stats, clock=clock)
+        self.pipeline.observer = self.events
+        self.fences = Fences(self.store, self.engine, clock)
         self.admin_key = admin_key(settings)
         self.gateways = [
             Gateway(p, self.registry, self.pipeline)
@@ -106,6 +118,8 @@ class Server:
         await self.store.open()
         await self.registry.load()
         self.cache.load(await self.store.latest_positions())
+        await self.fences.load()
+        await self.events.start(timedelta(days=self.settings.rules.risk_window_days))
         self.pipeline.start()
         for gateway in self.gateways:
             await gateway.start()
@@ -151,6 +165,7 @@ class Server:
                 await task
         self._http.clear()
         await self.pipeline.stop()
+        await self.events.stop()
         await self.store.close()
 
     def describe(self) -> str:

@@ -10,12 +10,15 @@ on one line and exits with code 2.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tracker.rules import RuleSettings
 
 # Default ports follow the most widely deployed open tracking server, so a unit
 # configured for it works unchanged.
@@ -58,6 +61,7 @@ class Settings:
     batch_max_rows: int = 2000
     batch_max_delay_ms: float = 5.0
     future_limit_s: int = 86_400
+    rules: RuleSettings = field(default_factory=RuleSettings)
     protocols: tuple[ProtocolSettings, ...] = field(
         default_factory=lambda: tuple(
             ProtocolSettings(name, port, udp=name in _udp_protocols())
@@ -157,6 +161,13 @@ _PROTOCOL_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _rule_keys() -> dict[str, Callable[[Any], Any]]:
+    keys: dict[str, Callable[[Any], Any]] = {}
+    for item in dataclasses.fields(RuleSettings):
+        keys[f"rules.{item.name}"] = _positive_int if item.type in ("int", int) else _float
+    return keys
+
+
 def _known_protocols() -> list[str]:
     from protocols import CODECS
 
@@ -187,7 +198,7 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
         ConfigError: unreadable file, unknown key or bad value; names the key.
     """
     environ = os.environ if environ is None else environ
-    keys = dict(_KEYS)
+    keys = dict(_KEYS) | _rule_keys()
     for proto in _known_protocols():
         for key, parse in _PROTOCOL_KEYS.items():
             keys[f"protocols.{proto}.{key}"] = parse
@@ -249,4 +260,7 @@ def _build(values: dict[str, Any]) -> Settings:
         batch_max_delay_ms=values.get("store.batch_max_delay_ms", defaults.batch_max_delay_ms),
         future_limit_s=values.get("filters.future_limit_s", defaults.future_limit_s),
         protocols=tuple(protocols),
+        rules=RuleSettings(
+            **{k.removeprefix("rules."): v for k, v in values.items() if k.startswith("rules.")}
+        ),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from tracker.store import StoredPosition, Unit, Vehicle
+from tracker.store import Event, StoredPosition, Unit, Vehicle
 
 
 def iso(moment: datetime) -> str:
@@ -70,4 +70,23 @@ def vehicle(item: Vehicle) -> dict[str, Any]:
             for u in item.units
         ],
         "updated_at": iso(item.updated_at) if item.updated_at else None,
+    }
+
+
+def event(item: Event) -> dict[str, Any]:
+    return {
+        "id": item.id,
+        "seq": item.seq,
+        "type": item.type,
+        "severity": item.severity,
+        "vehicle_id": item.vehicle_id,
+        "unique_id": item.unique_id,
+        "fix_time": iso(item.fix_time) if item.fix_time else None,
+        "detected_at": iso(item.detected_at),
+        "lat": item.lat,
+        "lon": item.lon,
+        "late": item.late,
+        "alert_key": item.alert_key,
+        "clears": item.clears,
+        "details": item.details,
     }

@@ -4,6 +4,8 @@ Positions live in a table partitioned by month of ``fix_time`` (UTC). A batch is
 COPYed into a per-connection staging table, then moved over with one
 ``INSERT ... SELECT`` that fills the geometry and skips every (unique_id,
 fix_time) already stored, in the table or earlier in the same batch.
+
+Events, unit liveness, geofences and webhooks are in ``postgis_events``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tracker.store.base import (
     migrations_dir,
     vehicle_units,
 )
+from tracker.store.postgis_events import PostgisEvents
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -124,8 +127,10 @@ SET protocol = EXCLUDED.protocol, remote_addr = EXCLUDED.remote_addr,
 """
 
 
-class PostgisStore:
+class PostgisStore(PostgisEvents):
     """``Store`` on PostgreSQL + PostGIS; ``url`` is a ``postgresql://`` DSN.
+
+    Events, unit liveness, geofences and webhooks: ``PostgisEvents``.
 
     Known partitions are read at ``open()`` and remembered: a process must be
     restarted after partitions are dropped (say, by a retention job).

@@ -5,7 +5,9 @@ calls on a single dedicated thread that owns the connection, so the event loop
 never waits on the disk and no two calls interleave. WAL with
 ``synchronous=FULL``: a committed batch survives a power cut, as an ack promises.
 
-Times are stored as unix microseconds (UTC), attributes as JSON text.
+Times are stored as unix microseconds (UTC), attributes as JSON text
+(``sqlite_codec``). Events, unit liveness, geofences and webhooks are in
+``sqlite_events``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -32,12 +34,11 @@ from tracker.store.base import (
     migrations_dir,
     vehicle_units,
 )
+from tracker.store.sqlite_codec import from_us, to_us
+from tracker.store.sqlite_events import EventsDb, SqliteEvents
 
 P = ParamSpec("P")
 T = TypeVar("T")
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-MICROSECOND = timedelta(microseconds=1)
 
 POSITION_COLUMNS = (
     "unique_id, vehicle_id, protocol, fix_time, server_time, lat, lon, valid, "
@@ -71,7 +72,7 @@ SET protocol = excluded.protocol, remote_addr = excluded.remote_addr,
 """
 
 
-class SqliteStore:
+class SqliteStore(SqliteEvents):
     """``Store`` on SQLite. ``url``: ``sqlite:///relative/path.db``,
     ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``."""
 
@@ -175,7 +176,7 @@ class SqliteStore:
         return await self._run(self._db.unknown_units, max(limit, 0))
 
 
-class SqliteDb:
+class SqliteDb(EventsDb):
     """The blocking adapter: one connection, used from one thread only."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -382,17 +383,6 @@ def statements(script: str) -> Iterator[str]:
         if sqlite3.complete_statement(buffer):
             yield buffer
             buffer = ""
-
-
-def to_us(moment: datetime) -> int:
-    """Unix microseconds. A naive datetime is taken as local time, as asyncpg does."""
-    if moment.tzinfo is None:
-        moment = moment.astimezone(UTC)
-    return (moment - EPOCH) // MICROSECOND
-
-
-def from_us(us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=us)
 
 
 def position(row: tuple[Any, ...]) -> StoredPosition:

@@ -1,0 +1,226 @@
+"""The rule engine on synthetic tracks, with a controllable clock."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from geofences.index import FenceIndex
+from geofences.model import Fence, shape_from_request
+from tracker.rules import RuleEngine, RuleSettings
+from tracker.rules.silence import Deadlines
+from tracker.store import Event, StoredPosition, Unit, Vehicle
+
+T0 = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+WIRED = Unit("111", "car", "wired")
+BATTERY = Unit("222", "car", "battery")
+CAR = Vehicle("car", units=(WIRED, BATTERY))
+# a 500 m circle centred on (lon 106.8, lat -6.2)
+CENTRE = (106.8, -6.2)
+M_PER_DEG = 111_320.0
+
+
+def circle_fence(fence_id: str, category: str, radius_m: float = 500.0, **kw: Any) -> Fence:
+    shape = shape_from_request(circle={"lon": CENTRE[0], "lat": CENTRE[1], "radius_m": radius_m})
+    return Fence(fence_id, category, shape, kw.get("vehicle_ids"), name=fence_id)  # type: ignore[arg-type]
+
+
+class World:
+    """An engine with one vehicle (a wired and a battery unit) and a clock."""
+
+    def __init__(self, fences: list[Fence] | None = None, **settings: Any) -> None:
+        self.latest: dict[str, StoredPosition] = {}
+        ids = itertools.count()
+        self.engine = RuleEngine(
+            RuleSettings(**settings),
+            unit={u.unique_id: u for u in CAR.units}.get,
+            vehicle={"car": CAR}.get,
+            latest=self.latest.get,
+            new_id=lambda: f"e{next(ids)}",
+        )
+        fences = fences or []
+        self.engine.set_fences(FenceIndex(fences) if fences else None, fences)
+
+    def fix(
+        self,
+        seconds: float,
+        east_m: float,
+        *,
+        unit: Unit = WIRED,
+        accuracy_m: float | None = None,
+        **attributes: Any,
+    ) -> list[Event]:
+        """A fix ``east_m`` metres east of the centre, ``seconds`` after T0."""
+        when = T0 + timedelta(seconds=seconds)
+        lon = CENTRE[0] + east_m / (M_PER_DEG * math.cos(math.radians(CENTRE[1])))
+        row = StoredPosition(
+            unit.unique_id,
+            "car",
+            "gt06",
+            when,
+            when,
+            CENTRE[1],
+            lon,
+            speed_kmh=attributes.pop("speed_kmh", 0.0),
+            accuracy_m=accuracy_m,
+            attributes=attributes,
+        )
+        events = self.engine.report(unit.unique_id, when) + self.engine.positions([row], when)
+        self.latest[unit.unique_id] = row
+        return events
+
+
+def types(events: list[Event]) -> list[str]:
+    return [e.type for e in events]
+
+
+def test_jitter_along_an_edge_does_not_flap() -> None:
+    world = World([circle_fence("lot", "risk_site")])
+    rng = random.Random(7)
+    events = []
+    for k in range(200):  # parked on the edge, GPS wandering +-25 m
+        events += world.fix(k * 10, 500 + rng.uniform(-25, 25))
+    assert [t for t in types(events) if t.startswith("geofence")] == []
+
+
+def test_enter_and_exit_after_dwell_with_one_visit_event() -> None:
+    world = World([circle_fence("lot", "risk_site")])
+    events = world.fix(0, 2000) + world.fix(10, 1500)  # outside, known
+    assert types(events) == []
+    events = world.fix(20, 100)
+    assert types(events) == []  # one fix inside is not yet a visit
+    events = world.fix(30, 50)
+    assert types(events) == ["geofence_enter", "risk_site_visit"]
+    visit = events[1]
+    assert visit.details["visits_30d"] == 1
+    assert visit.severity == "warning"
+    assert visit.details["fence_id"] == "lot"
+    events = world.fix(40, 1000) + world.fix(50, 1200)
+    assert types(events) == ["geofence_exit"]
+    # a second visit within 30 days is more severe
+    events = world.fix(60, 0) + world.fix(70, 0)
+    assert types(events) == ["geofence_enter", "risk_site_visit"]
+    assert events[1].details["visits_30d"] == 2
+    assert events[1].severity == "critical"
+
+
+def test_a_fix_with_poor_accuracy_near_the_edge_says_nothing() -> None:
+    world = World([circle_fence("home", "home")])
+    world.fix(0, 0)
+    world.fix(10, 0)
+    events = world.fix(20, 600, accuracy_m=150) + world.fix(30, 620, accuracy_m=150)
+    assert types(events) == []  # 100-120 m outside, but the fix is only good to 150 m
+    events = world.fix(40, 700) + world.fix(50, 700)
+    assert types(events) == ["geofence_exit"]
+
+
+def test_sparse_unit_crossing_a_fence_between_two_fixes() -> None:
+    world = World([circle_fence("lot", "risk_site", radius_m=200)])
+    world.fix(0, -5000, unit=BATTERY)
+    events = world.fix(3600, 5000, unit=BATTERY)  # an hour later, on the other side
+    assert types(events) == ["geofence_enter", "risk_site_visit", "geofence_exit"]
+    assert all(e.details.get("inferred") for e in events)
+
+
+def test_outside_allowed_area_raised_once_and_cleared_on_return() -> None:
+    world = World([circle_fence("province", "allowed_area", radius_m=1000)])
+    world.fix(0, 0)
+    world.fix(10, 0)
+    events = world.fix(20, 5000) + world.fix(30, 5100) + world.fix(40, 5200) + world.fix(50, 6000)
+    assert types(events) == ["geofence_exit", "outside_allowed_area"]
+    assert events[1].severity == "critical"
+    assert events[1].alert_key == "outside_allowed_area"
+    assert not events[1].clears
+    events = world.fix(60, 0) + world.fix(70, 0)
+    assert types(events) == ["geofence_enter", "outside_allowed_area_cleared"]
+    assert events[1].clears
+
+
+def test_silence_fires_at_the_deadline_and_clears_when_back() -> None:
+    world = World()
+    world.engine.report("111", T0)
+    world.engine.report("222", T0)
+    assert world.engine.due(T0 + timedelta(minutes=29, seconds=59)) == []
+    fired = world.engine.due(T0 + timedelta(minutes=30))
+    assert types(fired) == ["unit_silent", "wired_silent_battery_alive"]
+    assert fired[0].fix_time == T0 + timedelta(minutes=30)
+    assert fired[1].severity == "critical"
+    assert world.engine.due(T0 + timedelta(hours=2)) == []  # once, not a storm
+    back = world.engine.report("111", T0 + timedelta(hours=3))
+    assert types(back) == ["unit_back", "wired_silent_battery_alive_cleared"]
+    assert all(e.clears for e in back)
+
+
+def test_a_unit_that_keeps_talking_never_goes_silent() -> None:
+    world = World()
+    for minute in range(0, 240, 5):
+        world.engine.report("111", T0 + timedelta(minutes=minute))
+        assert world.engine.due(T0 + timedelta(minutes=minute)) == []
+    assert len(world.engine.deadlines) == 1
+
+
+def test_restart_mid_silence_fires_once_and_keeps_open_alerts() -> None:
+    world = World()
+    world.engine.restore([], {"111": T0}, CAR.units, [], T0 + timedelta(hours=1))
+    fired = world.engine.due(T0 + timedelta(hours=1))
+    assert types(fired) == ["unit_silent"]  # the battery unit is not known alive
+    again = World()
+    again.engine.restore(fired, {"111": T0}, CAR.units, [], T0 + timedelta(hours=2))
+    assert again.engine.due(T0 + timedelta(hours=2)) == []  # already open: no duplicate
+
+
+def test_unit_alarms_open_once_and_clear_later() -> None:
+    world = World()
+    events = world.fix(0, 0, power_cut=True) + world.fix(10, 0, power_cut=True)
+    assert types(events) == ["power_cut"]
+    assert events[0].severity == "critical"
+    assert types(world.fix(20, 0)) == []  # too soon to call it over
+    assert types(world.fix(700, 0)) == ["power_cut_cleared"]
+
+
+def test_units_separated_when_far_apart_at_about_the_same_time() -> None:
+    world = World()
+    world.fix(0, 0, unit=BATTERY)
+    events = world.fix(60, 3000)
+    assert types(events) == ["units_separated"]
+    assert events[0].details["distance_m"] > 2900
+    assert types(world.fix(120, 100)) == ["units_separated_cleared"]
+
+
+def test_towed_moving_with_ignition_off_for_two_minutes() -> None:
+    world = World()
+    events = []
+    for k in range(10):
+        events += world.fix(k * 20, k * 100, ignition=False, speed_kmh=25.0)
+    assert types(events) == ["towed"]
+    assert events[0].fix_time == T0 + timedelta(seconds=120)
+    assert types(world.fix(300, 1000, ignition=True)) == ["towed_cleared"]
+
+
+def test_long_stay_after_days_without_moving() -> None:
+    world = World(long_stay_days=3)
+    events = []
+    for hour in range(0, 24 * 4, 6):
+        events += world.fix(hour * 3600, 50 * math.sin(hour), unit=BATTERY)
+    assert types(events) == ["long_stay"]
+    assert types(world.fix(24 * 5 * 3600, 5000, unit=BATTERY)) == ["long_stay_cleared"]
+
+
+def test_old_buffered_fix_only_feeds_stateless_rules_and_is_late() -> None:
+    world = World([circle_fence("lot", "risk_site")])
+    world.fix(1000, 2000)
+    events = world.fix(0, 0, sos=True)  # older than what we evaluated already
+    assert types(events) == ["sos"]
+    assert events[0].late
+
+
+def test_deadlines_heap_pushes_once_per_period() -> None:
+    deadlines = Deadlines()
+    for second in range(1000):
+        deadlines.set("a", T0 + timedelta(seconds=second + 60))
+    assert deadlines.pop_due(T0 + timedelta(seconds=100)) == []
+    assert deadlines.pop_due(T0 + timedelta(seconds=1059)) == [("a", T0 + timedelta(seconds=1059))]
+    assert deadlines.pop_due(T0 + timedelta(days=1)) == []

@@ -1,0 +1,166 @@
+"""REST routes for risk rules: geofences, events, the sync feed, open alerts."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from tracker import views
+from tracker.fences import FenceError
+from tracker.store import GeofenceRecord
+
+if TYPE_CHECKING:
+    from tracker.server import Server
+
+FenceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+MAX_EVENTS = 1000
+
+
+class GeofenceIn(BaseModel):
+    name: str = Field(default="", max_length=200)
+    category: Literal["allowed_area", "risk_site", "home", "work", "custom"] = "custom"
+    vehicle_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=10_000, description="omitted: every vehicle"
+    )
+    geometry: dict[str, Any] | None = Field(default=None, description="GeoJSON (Multi)Polygon")
+    circle: dict[str, Any] | None = Field(default=None, description='{"lon", "lat", "radius_m"}')
+    corridor: dict[str, Any] | None = Field(
+        default=None, description='{"line": GeoJSON LineString, "width_m"}'
+    )
+
+
+def geofence_view(record: GeofenceRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "name": record.name,
+        "category": record.category,
+        "vehicle_ids": list(record.vehicle_ids) if record.vehicle_ids is not None else None,
+        "geometry": record.geometry,
+        "created_at": views.iso(record.created_at),
+        **record.details,
+    }
+
+
+def _aware(moment: datetime | None, name: str) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise HTTPException(400, f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
+    return moment.astimezone(UTC)
+
+
+def rule_routes(server: Server, api: Any) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", dependencies=[api])
+
+    async def create(body: GeofenceIn, fence_id: str | None) -> GeofenceRecord:
+        try:
+            return await server.fences.create(
+                name=body.name,
+                category=body.category,
+                vehicle_ids=body.vehicle_ids,
+                geometry=body.geometry,
+                circle=body.circle,
+                corridor=body.corridor,
+                fence_id=fence_id,
+            )
+        except FenceError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @router.post("/geofences", tags=["geofences"], status_code=201)
+    async def post_geofence(body: GeofenceIn) -> dict[str, Any]:
+        return geofence_view(await create(body, None))
+
+    @router.put("/geofences/{fence_id}", tags=["geofences"])
+    async def put_geofence(fence_id: FenceId, body: GeofenceIn) -> dict[str, Any]:
+        return geofence_view(await create(body, fence_id))
+
+    @router.get("/geofences", tags=["geofences"])
+    async def list_geofences(
+        category: str | None = None, vehicle_id: str | None = None
+    ) -> dict[str, Any]:
+        items = [
+            geofence_view(r)
+            for r in server.fences.all()
+            if (category is None or r.category == category)
+            and (vehicle_id is None or r.vehicle_ids is None or vehicle_id in r.vehicle_ids)
+        ]
+        return {"items": items}
+
+    @router.get("/geofences/{fence_id}", tags=["geofences"])
+    async def get_geofence(fence_id: FenceId) -> dict[str, Any]:
+        record = server.fences.get(fence_id)
+        if record is None:
+            raise HTTPException(404, f"no geofence {fence_id!r}")
+        return geofence_view(record)
+
+    @router.delete("/geofences/{fence_id}", tags=["geofences"], status_code=204)
+    async def delete_geofence(fence_id: FenceId) -> Response:
+        if not await server.fences.delete(fence_id):
+            raise HTTPException(404, f"no geofence {fence_id!r}")
+        return Response(status_code=204)
+
+    @router.get("/events", tags=["events"])
+    async def list_events(
+        vehicle_id: str | None = None,
+        type: Annotated[list[str] | None, Query(max_length=50)] = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
+        order: Literal["newest", "oldest"] = "newest",
+    ) -> dict[str, Any]:
+        """Events with filters, newest first by default (the feed is for syncing)."""
+        events = await server.store.events(
+            vehicle_id=vehicle_id,
+            types=type,
+            since=_aware(since, "since"),
+            until=_aware(until, "until"),
+            limit=limit,
+            newest_first=order == "newest",
+        )
+        return {"items": [views.event(e) for e in events]}
+
+    @router.get("/feed/events", tags=["events"])
+    async def feed(
+        after: Annotated[
+            str | None,
+            Query(
+                max_length=20,
+                description="next_cursor of the previous page; omitted: from the start",
+            ),
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
+    ) -> dict[str, Any]:
+        """Every event exactly once, in order. Store ``next_cursor`` after
+        processing a page and pass it as ``after``: nothing is missed or
+        counted twice, across server restarts too."""
+        try:
+            cursor = int(after) if after else 0
+        except ValueError:
+            raise HTTPException(400, "after must be a next_cursor this server gave out") from None
+        if cursor < 0:
+            raise HTTPException(400, "after must be a next_cursor this server gave out")
+        events = await server.store.events(after=cursor, limit=limit + 1)
+        page = events[:limit]
+        next_cursor = page[-1].seq if page else cursor
+        return {
+            "data": [views.event(e) for e in page],
+            "next_cursor": str(next_cursor),
+            "has_more": len(events) > limit,
+        }
+
+    @router.get("/alerts", tags=["events"])
+    async def alerts(vehicle_id: str | None = None) -> dict[str, Any]:
+        """Alerts open now (the event that opened each), newest first."""
+        items = [
+            e
+            for (vid, _), e in server.engine.open.items()
+            if vehicle_id is None or vid == vehicle_id
+        ]
+        items.sort(key=lambda e: e.detected_at, reverse=True)
+        return {"items": [views.event(e) for e in items]}
+
+    return router

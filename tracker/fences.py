@@ -1,0 +1,104 @@
+"""The fences in force: stored records in, an in-memory index out.
+
+Evaluation never queries the database per position: the rule engine gets an
+immutable ``FenceIndex``, rebuilt off the event loop (a thread) whenever a
+fence is created, replaced or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from shapely.geometry import shape
+
+from geofences.index import FenceIndex
+from geofences.model import Category, Fence, FenceError, shape_from_request, shape_to_geojson
+from tracker.rules import RuleEngine
+from tracker.store import GeofenceRecord, Store
+
+
+def to_fence(record: GeofenceRecord) -> Fence:
+    category: Category = record.category  # type: ignore[assignment]  # checked on the way in
+    return Fence(
+        id=record.id,
+        category=category,
+        geometry=shape(record.geometry),  # type: ignore[arg-type]  # Polygon | MultiPolygon
+        vehicle_ids=frozenset(record.vehicle_ids) if record.vehicle_ids is not None else None,
+        name=record.name,
+    )
+
+
+class Fences:
+    def __init__(self, store: Store, engine: RuleEngine, clock: Callable[[], datetime]) -> None:
+        self._store = store
+        self._engine = engine
+        self._clock = clock
+        self._records: dict[str, GeofenceRecord] = {}
+        self._lock = asyncio.Lock()
+
+    async def load(self) -> None:
+        self._records = {r.id: r for r in await self._store.list_geofences()}
+        await self._rebuild()
+
+    async def _rebuild(self) -> None:
+        fences = [to_fence(r) for r in self._records.values()]
+        index = await asyncio.to_thread(FenceIndex, fences) if fences else None
+        self._engine.set_fences(index, fences)
+
+    def get(self, fence_id: str) -> GeofenceRecord | None:
+        return self._records.get(fence_id)
+
+    def all(self) -> list[GeofenceRecord]:
+        return sorted(self._records.values(), key=lambda r: r.id)
+
+    async def create(
+        self,
+        *,
+        name: str,
+        category: str,
+        vehicle_ids: list[str] | None,
+        geometry: dict[str, Any] | None,
+        circle: dict[str, Any] | None,
+        corridor: dict[str, Any] | None,
+        fence_id: str | None = None,
+    ) -> GeofenceRecord:
+        """Validate and store a fence, then put it in force.
+
+        Raises:
+            FenceError: the shape is not usable; the message says why.
+        """
+        drawn = shape_from_request(geometry=geometry, circle=circle, corridor=corridor)
+        details: dict[str, Any] = {}
+        if circle is not None:
+            details["circle"] = circle
+        if corridor is not None:
+            details["corridor"] = corridor
+        record = GeofenceRecord(
+            id=fence_id or uuid.uuid4().hex,
+            name=name,
+            category=category,
+            geometry=shape_to_geojson(drawn),
+            vehicle_ids=tuple(vehicle_ids) if vehicle_ids is not None else None,
+            created_at=self._clock(),
+            details=details,
+        )
+        async with self._lock:
+            await self._store.put_geofence(record)
+            self._records[record.id] = record
+            await self._rebuild()
+        return record
+
+    async def delete(self, fence_id: str) -> bool:
+        async with self._lock:
+            if not await self._store.delete_geofence(fence_id):
+                return False
+            self._records.pop(fence_id, None)
+            await self._rebuild()
+            return True
+
+
+__all__ = ["FenceError", "Fences", "to_fence"]

@@ -1,0 +1,5 @@
+"""Risk rules: pure state machines turning positions and time into events."""
+
+from tracker.rules.engine import RuleEngine, RuleSettings
+
+__all__ = ["RuleEngine", "RuleSettings"]

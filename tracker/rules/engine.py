@@ -1,0 +1,611 @@
+"""The rule engine: stored positions and the passing of time in, events out.
+
+Pure (no I/O, no clock: ``now`` is passed in). The server feeds it each
+committed batch, every report a unit makes, and the clock; it returns events
+to store, publish and deliver. One alert per rule, vehicle (and fence or unit)
+stays open until its condition clears: ``Event.alert_key`` names it, and a
+clearing event closes it, so no storm of duplicates.
+
+Rules: geofence enter/exit with hysteresis and sparse-segment crossings,
+outside_allowed_area, risk_site_visit, unit_silent / unit_back,
+wired_silent_battery_alive, the units' own alarms (power_cut, removed,
+low_battery, sos, jamming), units_separated, towed, long_stay.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from geofences.index import FenceIndex
+from geofences.model import Fence
+from tracker.rules.fences import FenceState, Seen, observe
+from tracker.rules.geo import distance_m
+from tracker.rules.silence import Deadlines
+from tracker.store import Event, StoredPosition, Unit, Vehicle
+
+ALARM_EVENTS = ("power_cut", "removed", "low_battery", "sos", "jamming")
+ALARM_SEVERITY = {"sos": "critical", "removed": "critical", "power_cut": "critical"}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSettings:
+    margin_m: float = 30.0
+    dwell_s: float = 60.0
+    dwell_fixes: int = 2
+    silent_wired_s: int = 30 * 60
+    silent_battery_s: int = 26 * 3600
+    separation_m: float = 1000.0
+    separation_window_s: float = 600.0
+    towed_speed_kmh: float = 10.0
+    towed_displacement_m: float = 300.0
+    towed_after_s: float = 120.0
+    long_stay_days: float = 3.0
+    long_stay_radius_m: float = 200.0
+    alarm_clear_s: float = 600.0
+    risk_window_days: float = 30.0
+    late_after_s: float = 300.0
+
+
+@dataclass(slots=True)
+class _Tow:
+    anchor: tuple[float, float]
+    since: datetime | None = None
+
+
+@dataclass(slots=True)
+class _Stay:
+    lat: float
+    lon: float
+    since: datetime
+
+
+@dataclass(slots=True)
+class _UnitState:
+    last: StoredPosition | None = None
+    fences: dict[str, FenceState] = field(default_factory=dict)
+    tow: _Tow | None = None
+
+
+class RuleEngine:
+    def __init__(
+        self,
+        settings: RuleSettings,
+        *,
+        unit: Callable[[str], Unit | None],
+        vehicle: Callable[[str], Vehicle | None],
+        latest: Callable[[str], StoredPosition | None],
+        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+    ) -> None:
+        self.settings = settings
+        self._unit, self._vehicle, self._latest, self._new_id = unit, vehicle, latest, new_id
+        self.open: dict[tuple[str, str], Event] = {}
+        self.deadlines = Deadlines()
+        self._units: dict[str, _UnitState] = {}
+        self._stays: dict[str, _Stay] = {}
+        self._alarm_at: dict[tuple[str, str], datetime] = {}
+        self._risk_visits: dict[str, deque[datetime]] = {}
+        self._index: FenceIndex | None = None
+        self._fences: dict[str, Fence] = {}
+        self._allowed: dict[str | None, list[str]] = {}
+
+    # set-up
+
+    def set_fences(self, index: FenceIndex | None, fences: Sequence[Fence]) -> None:
+        """Use a new fence index; per-unit fence states of removed fences go."""
+        self._index = index
+        self._fences = {f.id: f for f in fences}
+        self._allowed = {}
+        for fence in fences:
+            if fence.category == "allowed_area":
+                for vehicle_id in fence.vehicle_ids or (None,):
+                    self._allowed.setdefault(vehicle_id, []).append(fence.id)
+        for state in self._units.values():
+            for fence_id in [f for f in state.fences if f not in self._fences]:
+                del state.fences[fence_id]
+
+    def restore(
+        self,
+        open_alerts: Iterable[Event],
+        last_seen: dict[str, datetime],
+        units: Iterable[Unit],
+        risk_visits: Iterable[Event],
+        now: datetime,
+    ) -> None:
+        """Start-up: open alerts and silence deadlines from the store. A deadline
+        that passed while the server was down fires on the next ``due``, once."""
+        for event in open_alerts:
+            if event.alert_key is not None:
+                self.open[(event.vehicle_id, event.alert_key)] = event
+        for unit in units:
+            seen = last_seen.get(unit.unique_id)
+            if seen is not None:
+                self.deadlines.set(unit.unique_id, seen + self._silent_after(unit))
+        for event in risk_visits:
+            if event.fix_time is not None:
+                self._visits(event.vehicle_id, event.fix_time)
+
+    # inputs
+
+    def report(self, unique_id: str, when: datetime) -> list[Event]:
+        """The unit said something (any message) at server time ``when``."""
+        unit = self._unit(unique_id)
+        if unit is None:
+            return []
+        self.deadlines.set(unique_id, when + self._silent_after(unit))
+        events = []
+        back = self._clear(
+            unit.vehicle_id,
+            f"unit_silent:{unique_id}",
+            self._event("unit_back", "info", unit, when, when),
+        )
+        if back is not None:
+            events.append(back)
+            if unit.kind == "wired":
+                cleared = self._clear(
+                    unit.vehicle_id,
+                    f"wired_silent_battery_alive:{unique_id}",
+                    self._event("wired_silent_battery_alive_cleared", "info", unit, when, when),
+                )
+                events += [cleared] if cleared else []
+        return events
+
+    def alarms(
+        self,
+        unique_id: str,
+        attributes: dict[str, Any],
+        when: datetime,
+        now: datetime,
+        *,
+        lat: float | None = None,
+        lon: float | None = None,
+        late: bool = False,
+    ) -> list[Event]:
+        """The unit's own alarms (a heartbeat's or a position's attributes)."""
+        unit = self._unit(unique_id)
+        if unit is None:
+            return []
+        events = []
+        for name in ALARM_EVENTS:
+            key = f"{name}:{unique_id}"
+            if attributes.get(name):
+                self._alarm_at[(unique_id, name)] = when
+                event = self._event(
+                    name,
+                    ALARM_SEVERITY.get(name, "warning"),
+                    unit,
+                    when,
+                    now,
+                    lat=lat,
+                    lon=lon,
+                    late=late,
+                    details={"source": "unit"},
+                )
+                events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
+            elif (unit.vehicle_id, key) in self.open and not late:
+                last = self._alarm_at.get((unique_id, name))
+                if last is None or (when - last).total_seconds() >= self.settings.alarm_clear_s:
+                    event = self._event(
+                        f"{name}_cleared", "info", unit, when, now, lat=lat, lon=lon
+                    )
+                    events += [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
+        return events
+
+    def positions(self, rows: Sequence[StoredPosition], now: datetime) -> list[Event]:
+        """Evaluate a committed batch, each unit's fixes in fix-time order."""
+        order = sorted(range(len(rows)), key=lambda i: (rows[i].unique_id, rows[i].fix_time))
+        observed = self._classify(rows)
+        events: list[Event] = []
+        for i in order:
+            row = rows[i]
+            unit = self._unit(row.unique_id)
+            if unit is None:
+                continue
+            state = self._units.setdefault(row.unique_id, _UnitState())
+            out_of_order = state.last is not None and row.fix_time <= state.last.fix_time
+            late = out_of_order or (now - row.fix_time).total_seconds() > self.settings.late_after_s
+            events += self.alarms(
+                row.unique_id,
+                row.attributes,
+                row.fix_time,
+                now,
+                lat=row.lat,
+                lon=row.lon,
+                late=late,
+            )
+            if out_of_order:
+                continue  # the state machines move forward in time only
+            events += self._fence_rules(unit, state, row, observed.get(i, {}), now, late)
+            events += self._separation(unit, row, now, late)
+            events += self._towed(unit, state, row, now, late)
+            events += self._long_stay(unit, row, now, late)
+            state.last = row
+        return events
+
+    def due(self, now: datetime) -> list[Event]:
+        """Silence deadlines that passed by ``now``."""
+        events = []
+        for unique_id, deadline in self.deadlines.pop_due(now):
+            unit = self._unit(unique_id)
+            if unit is None:
+                continue
+            silent_s = self._silent_after(unit).total_seconds()
+            event = self._event(
+                "unit_silent",
+                "warning",
+                unit,
+                deadline,
+                now,
+                details={
+                    "silent_after_s": silent_s,
+                    "last_seen": _iso(deadline - self._silent_after(unit)),
+                },
+            )
+            opened = self._open(unit.vehicle_id, f"unit_silent:{unique_id}", event)
+            if opened is None:
+                continue
+            events.append(opened)
+            if unit.kind == "wired" and self._battery_alive(unit, now):
+                pulled = self._event(
+                    "wired_silent_battery_alive",
+                    "critical",
+                    unit,
+                    deadline,
+                    now,
+                    details={"hint": "the wired unit may have been found and removed"},
+                )
+                key = f"wired_silent_battery_alive:{unique_id}"
+                events += [e for e in [self._open(unit.vehicle_id, key, pulled)] if e]
+        return events
+
+    def next_due(self) -> datetime | None:
+        return self.deadlines.next_due()
+
+    # rules on positions
+
+    def _classify(self, rows: Sequence[StoredPosition]) -> dict[int, dict[str, Seen]]:
+        if self._index is None or not len(self._index) or not rows:
+            return {}
+        lons = np.fromiter((r.lon for r in rows), dtype=np.float64, count=len(rows))
+        lats = np.fromiter((r.lat for r in rows), dtype=np.float64, count=len(rows))
+        margins = np.fromiter(
+            (max(self.settings.margin_m, r.accuracy_m or 0.0) for r in rows),
+            dtype=np.float64,
+            count=len(rows),
+        )
+        result: dict[int, dict[str, Seen]] = {}
+        for i, fence_id, side in self._index.classify_many(lons, lats, margins):
+            if self._index.applies(fence_id, rows[i].vehicle_id):
+                result.setdefault(int(i), {})[fence_id] = Seen[side.name]
+        return result
+
+    def _fence_rules(
+        self,
+        unit: Unit,
+        state: _UnitState,
+        row: StoredPosition,
+        seen: dict[str, Seen],
+        now: datetime,
+        late: bool,
+    ) -> list[Event]:
+        if self._index is None:
+            return []
+        events: list[Event] = []
+        allowed = self._allowed.get(None, []) + self._allowed.get(unit.vehicle_id, [])
+        tracked = [f for f, s in state.fences.items() if s.confirmed is Seen.INSIDE or s.candidate]
+        for fence_id in dict.fromkeys([*seen, *tracked, *allowed]):
+            fence = self._fences.get(fence_id)
+            if fence is None:
+                continue
+            fence_state = state.fences.get(fence_id)
+            if fence_state is None:
+                # a unit seen before was not inside this fence: it was outside
+                known = Seen.OUTSIDE if state.last is not None else None
+                fence_state = state.fences[fence_id] = FenceState(confirmed=known)
+            change = observe(
+                fence_state,
+                seen.get(fence_id, Seen.OUTSIDE),
+                row.fix_time,
+                dwell_fixes=self.settings.dwell_fixes,
+                dwell_s=self.settings.dwell_s,
+            )
+            if change is not None:
+                events += self._crossing(unit, fence, change.before, change.after, row, now, late)
+        for fence_id in [f for f, s in state.fences.items() if s.confirmed is Seen.OUTSIDE]:
+            if state.fences[fence_id].candidate is None and fence_id not in allowed:
+                del state.fences[fence_id]  # outside is the default: keep memory small
+        events += self._sparse_crossings(unit, state, row, seen, now, late)
+        if allowed:
+            events += self._allowed_area(unit, state, allowed, row, now, late)
+        return events
+
+    def _crossing(
+        self,
+        unit: Unit,
+        fence: Fence,
+        before: Seen | None,
+        after: Seen,
+        row: StoredPosition,
+        now: datetime,
+        late: bool,
+        *,
+        inferred: bool = False,
+    ) -> list[Event]:
+        details: dict[str, Any] = {
+            "fence_id": fence.id,
+            "fence_name": fence.name,
+            "category": fence.category,
+        }
+        if inferred:
+            details["inferred"] = True
+        events = []
+        if before is not None:
+            kind = "geofence_enter" if after is Seen.INSIDE else "geofence_exit"
+            events.append(
+                self._event(
+                    kind, "info", unit, row.fix_time, now, row=row, late=late, details=details
+                )
+            )
+        if after is Seen.INSIDE and fence.category == "risk_site":
+            visits = self._visits(unit.vehicle_id, row.fix_time)
+            severity = "critical" if visits > 1 else "warning"
+            events.append(
+                self._event(
+                    "risk_site_visit",
+                    severity,
+                    unit,
+                    row.fix_time,
+                    now,
+                    row=row,
+                    late=late,
+                    details=details | {"visits_30d": visits},
+                )
+            )
+        return events
+
+    def _sparse_crossings(
+        self,
+        unit: Unit,
+        state: _UnitState,
+        row: StoredPosition,
+        seen: dict[str, Seen],
+        now: datetime,
+        late: bool,
+    ) -> list[Event]:
+        """A sparse unit whose segment between two fixes crossed a fence."""
+        prev = state.last
+        if self._index is None or prev is None:
+            return []
+        if (row.fix_time - prev.fix_time).total_seconds() <= self.settings.dwell_s:
+            return []
+        events = []
+        for fence_id in self._index.crossed(prev.lon, prev.lat, row.lon, row.lat, unit.vehicle_id):
+            fence = self._fences.get(fence_id)
+            fence_state = state.fences.get(fence_id)
+            was = fence_state.confirmed if fence_state else None
+            if fence is None or fence_id in seen or was is Seen.INSIDE:
+                continue
+            events += self._crossing(
+                unit, fence, Seen.OUTSIDE, Seen.INSIDE, row, now, late, inferred=True
+            )
+            events += self._crossing(
+                unit, fence, Seen.INSIDE, Seen.OUTSIDE, row, now, late, inferred=True
+            )
+        return events
+
+    def _allowed_area(
+        self,
+        unit: Unit,
+        state: _UnitState,
+        allowed: list[str],
+        row: StoredPosition,
+        now: datetime,
+        late: bool,
+    ) -> list[Event]:
+        sides = [state.fences[f].confirmed for f in allowed if f in state.fences]
+        if len(sides) < len(allowed) or None in sides:
+            return []  # not known yet for every allowed area
+        key = "outside_allowed_area"
+        if Seen.INSIDE in sides:
+            event = self._event(
+                f"{key}_cleared", "info", unit, row.fix_time, now, row=row, late=late
+            )
+            return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
+        event = self._event(
+            key,
+            "critical",
+            unit,
+            row.fix_time,
+            now,
+            row=row,
+            late=late,
+            details={"allowed_areas": allowed},
+        )
+        return [e for e in [self._open(unit.vehicle_id, key, event)] if e]
+
+    def _separation(
+        self, unit: Unit, row: StoredPosition, now: datetime, late: bool
+    ) -> list[Event]:
+        vehicle = self._vehicle(unit.vehicle_id)
+        if vehicle is None or len(vehicle.units) < 2:
+            return []
+        events = []
+        for other in vehicle.units:
+            theirs = self._latest(other.unique_id) if other.unique_id != unit.unique_id else None
+            if theirs is None:
+                continue
+            gap = abs((row.fix_time - theirs.fix_time).total_seconds())
+            if gap > self.settings.separation_window_s:
+                continue
+            apart = distance_m(row.lat, row.lon, theirs.lat, theirs.lon)
+            key = "units_separated:" + ":".join(sorted((unit.unique_id, other.unique_id)))
+            details = {"distance_m": round(apart), "other_unique_id": other.unique_id}
+            if apart > self.settings.separation_m:
+                event = self._event(
+                    "units_separated",
+                    "critical",
+                    unit,
+                    row.fix_time,
+                    now,
+                    row=row,
+                    late=late,
+                    details=details,
+                )
+                events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
+            elif apart < 0.8 * self.settings.separation_m:  # hysteresis
+                event = self._event(
+                    "units_separated_cleared",
+                    "info",
+                    unit,
+                    row.fix_time,
+                    now,
+                    row=row,
+                    late=late,
+                    details=details,
+                )
+                events += [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
+        return events
+
+    def _towed(
+        self, unit: Unit, state: _UnitState, row: StoredPosition, now: datetime, late: bool
+    ) -> list[Event]:
+        ignition = row.attributes.get("ignition")
+        key = f"towed:{unit.unique_id}"
+        if ignition is not False:
+            state.tow = None
+            if ignition is True:
+                event = self._event("towed_cleared", "info", unit, row.fix_time, now, row=row)
+                return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
+            return []
+        if state.tow is None:
+            state.tow = _Tow((row.lat, row.lon))
+        moved = distance_m(row.lat, row.lon, *state.tow.anchor)
+        moving = row.speed_kmh > self.settings.towed_speed_kmh or (
+            moved > self.settings.towed_displacement_m
+        )
+        if not moving:
+            return []
+        state.tow.since = state.tow.since or row.fix_time
+        if (row.fix_time - state.tow.since).total_seconds() < self.settings.towed_after_s:
+            return []
+        event = self._event(
+            "towed",
+            "critical",
+            unit,
+            row.fix_time,
+            now,
+            row=row,
+            late=late,
+            details={"moved_m": round(moved), "speed_kmh": row.speed_kmh},
+        )
+        return [e for e in [self._open(unit.vehicle_id, key, event)] if e]
+
+    def _long_stay(self, unit: Unit, row: StoredPosition, now: datetime, late: bool) -> list[Event]:
+        stay = self._stays.get(unit.vehicle_id)
+        key = "long_stay"
+        if stay is None or distance_m(row.lat, row.lon, stay.lat, stay.lon) > (
+            self.settings.long_stay_radius_m
+        ):
+            self._stays[unit.vehicle_id] = _Stay(row.lat, row.lon, row.fix_time)
+            if stay is None:
+                return []
+            event = self._event("long_stay_cleared", "info", unit, row.fix_time, now, row=row)
+            return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
+        days = (row.fix_time - stay.since).total_seconds() / 86_400
+        if days < self.settings.long_stay_days:
+            return []
+        event = self._event(
+            "long_stay",
+            "warning",
+            unit,
+            row.fix_time,
+            now,
+            row=row,
+            late=late,
+            details={"days": round(days, 2), "since": _iso(stay.since)},
+        )
+        return [e for e in [self._open(unit.vehicle_id, key, event)] if e]
+
+    # helpers
+
+    def _silent_after(self, unit: Unit) -> timedelta:
+        if unit.silent_after_s is not None:
+            return timedelta(seconds=unit.silent_after_s)
+        default = (
+            self.settings.silent_battery_s
+            if unit.kind == "battery"
+            else (self.settings.silent_wired_s)
+        )
+        return timedelta(seconds=default)
+
+    def _battery_alive(self, unit: Unit, now: datetime) -> bool:
+        vehicle = self._vehicle(unit.vehicle_id)
+        for other in vehicle.units if vehicle else ():
+            deadline = self.deadlines.deadline(other.unique_id)
+            if other.kind == "battery" and deadline is not None and deadline > now:
+                return True
+        return False
+
+    def _visits(self, vehicle_id: str, when: datetime) -> int:
+        visits = self._risk_visits.setdefault(vehicle_id, deque())
+        visits.append(when)
+        window = timedelta(days=self.settings.risk_window_days)
+        while visits and visits[0] < when - window:
+            visits.popleft()
+        return sum(1 for v in visits if v <= when)
+
+    def _open(self, vehicle_id: str, key: str, event: Event) -> Event | None:
+        if (vehicle_id, key) in self.open:
+            return None
+        event = _with_key(event, key, clears=False)
+        self.open[(vehicle_id, key)] = event
+        return event
+
+    def _clear(self, vehicle_id: str, key: str, event: Event) -> Event | None:
+        if self.open.pop((vehicle_id, key), None) is None:
+            return None
+        return _with_key(event, key, clears=True)
+
+    def _event(
+        self,
+        kind: str,
+        severity: str,
+        unit: Unit,
+        fix_time: datetime,
+        now: datetime,
+        *,
+        row: StoredPosition | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        late: bool = False,
+        details: dict[str, Any] | None = None,
+    ) -> Event:
+        return Event(
+            id=self._new_id(),
+            type=kind,
+            severity=severity,  # type: ignore[arg-type]
+            vehicle_id=unit.vehicle_id,
+            unique_id=unit.unique_id,
+            fix_time=fix_time,
+            detected_at=now,
+            lat=row.lat if row else lat,
+            lon=row.lon if row else lon,
+            details=details or {},
+            late=late,
+        )
+
+
+def _with_key(event: Event, key: str, *, clears: bool) -> Event:
+    from dataclasses import replace
+
+    return replace(event, alert_key=key, clears=clears)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
