@@ -2,6 +2,6 @@
 
 import sys
 
-from bench import codecs, ingest
+from bench import codecs, ingest, rules
 
-sys.exit(codecs.main([]) or ingest.main(sys.argv[1:]))
+sys.exit(codecs.main([]) or rules.main([]) or ingest.main(sys.argv[1:]))

@@ -13,6 +13,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from protocols import CODECS
+
+NAMES = [*CODECS, "osmand"]  # every listener on a free port
+
 pytestmark = pytest.mark.e2e
 
 
@@ -31,23 +35,26 @@ def tracker(
 
 def test_serve_prints_where_it_listens_and_stops_on_sigterm(tmp_path: Path) -> None:
     config = tmp_path / "tracker.toml"
-    config.write_text(f"""
+    config.write_text(
+        f"""
 data_dir = "{tmp_path}/var"
 [http]
 port = 0
 [database]
 url = "sqlite:///{tmp_path}/var/tracker.db"
-[protocols.gt06]
-port = 0
-host = "127.0.0.1"
-[protocols.osmand]
-port = 0
-host = "127.0.0.1"
-""")
+"""
+        + "".join(
+            f'[protocols.{name}]\nport = 0\nhost = "127.0.0.1"\n' for name in [*CODECS, "osmand"]
+        )
+    )
     process = tracker("serve", "--config", str(config))
     assert process.stdout is not None
-    lines = [process.stdout.readline() for _ in range(5)]
+    lines: list[str] = []
     try:
+        while not (lines and "admin API key" in lines[-1]):
+            line = process.stdout.readline()
+            assert line, f"serve stopped early: {process.stderr.read() if process.stderr else ''}"
+            lines.append(line)
         http_line = next(line for line in lines if "REST API" in line)
         base = http_line.split(" on ")[1].split()[0]
         key = lines[-1].rsplit(" ", 1)[-1].strip()

@@ -1,9 +1,12 @@
-"""The ``Store`` contract, run on both adapters: SQLite and a real PostGIS."""
+"""The ``Store`` contract, run on both adapters: SQLite and a real PostGIS
+(the ``store`` and ``store_url`` fixtures are in ``conftest.py``).
+
+Events, geofences and webhooks: ``test_store_events.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -22,22 +25,6 @@ from tracker.store import (
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgis", marks=pytest.mark.postgis)])
-def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'var' / 'tracker.db'}"
-    url: str = request.getfixturevalue("postgis_url")
-    return url
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[Store]:
-    opened = open_store(store_url)
-    await opened.open()
-    yield opened
-    await opened.close()
 
 
 def fix(unique_id: str, fix_time: datetime, **fields: Any) -> StoredPosition:
@@ -346,6 +333,6 @@ async def test_postgis_geometry_and_partitions(postgis_url: str) -> None:
         )
         assert [p["relname"] for p in partitions] == ["positions_y2011m03", "positions_y2024m05"]
         applied = await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")
-        assert [a["name"] for a in applied] == ["0001_initial.sql"]
+        assert [a["name"] for a in applied] == ["0001_initial.sql", "0002_events.sql"]
     finally:
         await conn.close()

@@ -275,8 +275,13 @@ class Store(Protocol):
     async def insert_events(self, events: Sequence[Event]) -> list[Event]:
         """Store events in one transaction, and queue one pending delivery per
         matching webhook (event type in its ``event_types``, or it takes all) in
-        the same transaction, due at once. Return the events with ``seq`` set,
-        in order."""
+        the same transaction, due at once (``next_attempt_at`` and ``created_at``
+        are the event's ``detected_at``). Return the events with ``seq`` set,
+        in order: increasing, never reused, and committed in order (a reader
+        that sees ``seq`` n sees every stored event below it).
+
+        An ``id`` already stored, or twice in the batch, fails the whole batch
+        (the driver's unique-violation error): nothing of it is kept."""
 
     async def events(
         self,
@@ -290,11 +295,13 @@ class Store(Protocol):
         newest_first: bool = False,
     ) -> list[Event]:
         """Events with seq > ``after`` (oldest first unless ``newest_first``),
-        filtered by vehicle, types and ``since <= detected_at < until``."""
+        filtered by vehicle, types and ``since <= detected_at < until``, at most
+        ``limit``. With ``newest_first``, ``after`` is still a lower bound (the
+        newest events above it come first); ``types=[]`` matches nothing."""
 
     async def open_alerts(self) -> list[Event]:
         """For each (vehicle_id, alert_key), its newest event, when that one does
-        not clear: the alerts open now."""
+        not clear: the alerts open now, ordered by ``seq``."""
 
     # geofences
     async def put_geofence(self, fence: GeofenceRecord) -> None:
@@ -308,9 +315,11 @@ class Store(Protocol):
     async def delete_geofence(self, fence_id: str) -> bool: ...
 
     # webhooks and their outbox
-    async def put_webhook(self, webhook: Webhook) -> None: ...
+    async def put_webhook(self, webhook: Webhook) -> None:
+        """Create or replace by id; a replaced webhook keeps its deliveries."""
 
-    async def list_webhooks(self) -> list[Webhook]: ...
+    async def list_webhooks(self) -> list[Webhook]:
+        """Every webhook, ordered by id."""
 
     async def get_webhook(self, webhook_id: str) -> Webhook | None: ...
 
@@ -320,7 +329,9 @@ class Store(Protocol):
     async def due_deliveries(
         self, now: datetime, *, limit: int
     ) -> list[tuple[Delivery, Webhook, Event]]:
-        """Pending deliveries whose ``next_attempt_at`` <= now, oldest first."""
+        """Pending deliveries whose ``next_attempt_at`` <= now, oldest first
+        (by ``next_attempt_at``, then id), at most ``limit``, each with its
+        webhook and event."""
 
     async def update_delivery(
         self,
@@ -332,7 +343,8 @@ class Store(Protocol):
         last_error: str | None,
         last_status_code: int | None,
         delivered_at: datetime | None,
-    ) -> None: ...
+    ) -> None:
+        """Record an attempt: set every field given (an unknown id is ignored)."""
 
     async def deliveries(self, webhook_id: str, *, limit: int) -> list[Delivery]:
-        """Newest first."""
+        """The webhook's deliveries, newest (highest id) first, at most ``limit``."""
