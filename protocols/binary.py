@@ -29,6 +29,22 @@ def crc16_x25(data: bytes | bytearray | memoryview) -> int:
     return crc ^ 0xFFFF
 
 
+_IBM_TABLE = _reflected_table(0xA001)  # 0x8005 bit-reversed
+
+
+def crc16_ibm(data: bytes | bytearray | memoryview) -> int:
+    """CRC-16/IBM (ARC), the CRC of Teltonika's AVL packets.
+
+    Polynomial 0x8005 reflected (0xA001), init 0, no output xor;
+    ``crc16_ibm(b"123456789") == 0xBB3D``.
+    """
+    crc = 0
+    table = _IBM_TABLE
+    for byte in data:
+        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
+    return crc
+
+
 def bcd_digits(data: bytes | bytearray | memoryview) -> str:
     """Packed BCD as its digits, two per byte: ``08 64 71`` -> ``"086471"``."""
     return bytes(data).hex()
