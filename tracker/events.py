@@ -129,7 +129,9 @@ class Events:
         self.stats["events"] += len(stored)
         for event in stored:
             self.stats[f"events.{event.type}"] += 1
-            message = orjson.dumps({"type": "event", **views.event(event)}).decode()
+            body = views.event(event)
+            body["event_type"] = body.pop("type")
+            message = orjson.dumps({"type": "event", **body}).decode()
             self._hub.publish(event.vehicle_id, f"event:{event.id}", message, latest=False)
         self._on_stored(stored)
 

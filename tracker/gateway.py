@@ -173,6 +173,8 @@ class Gateway:
         self._connections.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            pass  # stopping: asyncio's stream callback must not see a cancelled task
         finally:
             self._connections.discard(task)
 

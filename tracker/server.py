@@ -156,6 +156,8 @@ class Server:
         return server.port
 
     async def stop(self) -> None:
+        if not self.ports:
+            return  # not started, or stopped already
         for gateway in self.gateways:
             await gateway.stop()
         for _, server, _ in self._http:
@@ -167,6 +169,8 @@ class Server:
         await self.pipeline.stop()
         await self.events.stop()
         await self.store.close()
+        self.ports.clear()
+        self.udp_ports.clear()
 
     def describe(self) -> str:
         http = f"http://{self.settings.http_host}:{self.ports['http']}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -29,7 +30,7 @@ async def make_server(database_url: str, tmp_path: Any) -> AsyncIterator[ServerF
     """Start servers on port 0 for every protocol; stop them all afterwards."""
     started: list[Server] = []
 
-    async def start(**overrides: Any) -> Server:
+    async def start(clock: Callable[[], datetime] | None = None, **overrides: Any) -> Server:
         settings = Settings(
             http_host="127.0.0.1",
             http_port=0,
@@ -42,7 +43,8 @@ async def make_server(database_url: str, tmp_path: Any) -> AsyncIterator[ServerF
                 ProtocolSettings("osmand", 0, host="127.0.0.1"),
             ),
         )
-        server = Server(dataclasses.replace(settings, **overrides))
+        settings = dataclasses.replace(settings, **overrides)
+        server = Server(settings, clock=clock) if clock else Server(settings)
         await server.start()
         started.append(server)
         return server
