@@ -1,4 +1,5 @@
-"""Geofence benchmark: positions classified per second against 1,000 and 100,000 fences.
+"""Rules benchmark: positions classified per second against 1,000 and 100,000
+fences, and silence deadlines handled per second for 1,000,000 units.
 
     python -m bench.rules [--seconds 2.0] [--naive-seconds 2.0] [--batch 1000]
 
@@ -23,6 +24,7 @@ import argparse
 import math
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from geofences.index import METRES_PER_DEGREE, FenceIndex
 from geofences.model import Fence
+from tracker.rules.silence import Deadlines
 
 BOX = (-4.5, 42.5, 8.0, 51.0)  # west, south, east, north
 POSITIONS = 200_000
@@ -115,6 +118,35 @@ def naive_rate(
     return done / elapsed, done
 
 
+def silence_rates(units: int) -> tuple[float, float, float]:
+    """Reports handled per second by the deadline heap, deadlines fired per
+    second, and the naive baseline: a periodic scan of every unit's last-seen
+    time (what a 15-minute scan job does), as unit checks per second."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    threshold = timedelta(minutes=30)
+    rng = np.random.default_rng(SEED)
+    offsets = rng.uniform(0, 600, units).tolist()
+    ids = [f"u{i}" for i in range(units)]
+    deadlines = Deadlines()
+    started = time.perf_counter()
+    for unique_id, offset in zip(ids, offsets, strict=True):  # every unit reports once...
+        deadlines.set(unique_id, start + timedelta(seconds=offset) + threshold)
+    for unique_id, offset in zip(ids, offsets, strict=True):  # ...and again, a minute later
+        deadlines.set(unique_id, start + timedelta(seconds=offset + 60) + threshold)
+    report_rate = 2 * units / (time.perf_counter() - started)
+    started = time.perf_counter()
+    fired = deadlines.pop_due(start + timedelta(hours=2))
+    fire_rate = len(fired) / (time.perf_counter() - started)
+    assert len(fired) == units
+    last_seen = dict(zip(ids, (start + timedelta(seconds=o) for o in offsets), strict=True))
+    now = start + timedelta(hours=1)
+    started = time.perf_counter()
+    silent = [u for u, seen in last_seen.items() if now - seen > threshold]
+    scan_rate = units / (time.perf_counter() - started)
+    assert len(silent) == units
+    return report_rate, fire_rate, scan_rate
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per index figure")
@@ -154,6 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "\nnaive: every fence's shapely contains() per position, no margin, extrapolated "
         "from the sample; target: positions/s against 100,000 fences"
+    )
+    units = 1_000_000
+    report_rate, fire_rate, scan_rate = silence_rates(units)
+    print(f"\nsilence deadlines, {units:,} units, one core\n")
+    print(f"{'what':<52} {'per second':>12}")
+    print("-" * 65)
+    print(f"{'reports handled (deadline heap, O(log n))':<52} {report_rate:>12,.0f}")
+    print(f"{'deadlines fired (heap pops)':<52} {fire_rate:>12,.0f}")
+    print(f"{'naive: units checked by a full periodic scan':<52} {scan_rate:>12,.0f}")
+    print(
+        "\nthe heap fires each deadline within the clock tick (0.25 s); a periodic scan "
+        "fires only when it next runs (15 minutes in the most deployed open server), "
+        f"and each scan costs {units / scan_rate * 1e3:,.0f} ms of one core for {units:,} units"
     )
     if missed:
         print(f"below target: {', '.join(missed)}")

@@ -25,8 +25,9 @@ import numpy as np
 
 from geofences.index import FenceIndex
 from geofences.model import Fence
+from tracker.rules.alerts import iso
 from tracker.rules.fences import FenceState, Seen, observe
-from tracker.rules.geo import distance_m
+from tracker.rules.motion import MotionRules, Tow
 from tracker.rules.silence import Deadlines
 from tracker.store import Event, StoredPosition, Unit, Vehicle
 
@@ -54,26 +55,13 @@ class RuleSettings:
 
 
 @dataclass(slots=True)
-class _Tow:
-    anchor: tuple[float, float]
-    since: datetime | None = None
-
-
-@dataclass(slots=True)
-class _Stay:
-    lat: float
-    lon: float
-    since: datetime
-
-
-@dataclass(slots=True)
 class _UnitState:
     last: StoredPosition | None = None
     fences: dict[str, FenceState] = field(default_factory=dict)
-    tow: _Tow | None = None
+    tow: Tow | None = None
 
 
-class RuleEngine:
+class RuleEngine(MotionRules):
     def __init__(
         self,
         settings: RuleSettings,
@@ -83,12 +71,11 @@ class RuleEngine:
         latest: Callable[[str], StoredPosition | None],
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
     ) -> None:
+        super().__init__(new_id)
         self.settings = settings
-        self._unit, self._vehicle, self._latest, self._new_id = unit, vehicle, latest, new_id
-        self.open: dict[tuple[str, str], Event] = {}
+        self._unit, self._vehicle, self._latest = unit, vehicle, latest
         self.deadlines = Deadlines()
         self._units: dict[str, _UnitState] = {}
-        self._stays: dict[str, _Stay] = {}
         self._alarm_at: dict[tuple[str, str], datetime] = {}
         self._risk_visits: dict[str, deque[datetime]] = {}
         self._index: FenceIndex | None = None
@@ -244,7 +231,7 @@ class RuleEngine:
                 now,
                 details={
                     "silent_after_s": silent_s,
-                    "last_seen": _iso(deadline - self._silent_after(unit)),
+                    "last_seen": iso(deadline - self._silent_after(unit)),
                 },
             )
             opened = self._open(unit.vehicle_id, f"unit_silent:{unique_id}", event)
@@ -429,109 +416,6 @@ class RuleEngine:
         )
         return [e for e in [self._open(unit.vehicle_id, key, event)] if e]
 
-    def _separation(
-        self, unit: Unit, row: StoredPosition, now: datetime, late: bool
-    ) -> list[Event]:
-        vehicle = self._vehicle(unit.vehicle_id)
-        if vehicle is None or len(vehicle.units) < 2:
-            return []
-        events = []
-        for other in vehicle.units:
-            theirs = self._latest(other.unique_id) if other.unique_id != unit.unique_id else None
-            if theirs is None:
-                continue
-            gap = abs((row.fix_time - theirs.fix_time).total_seconds())
-            if gap > self.settings.separation_window_s:
-                continue
-            apart = distance_m(row.lat, row.lon, theirs.lat, theirs.lon)
-            key = "units_separated:" + ":".join(sorted((unit.unique_id, other.unique_id)))
-            details = {"distance_m": round(apart), "other_unique_id": other.unique_id}
-            if apart > self.settings.separation_m:
-                event = self._event(
-                    "units_separated",
-                    "critical",
-                    unit,
-                    row.fix_time,
-                    now,
-                    row=row,
-                    late=late,
-                    details=details,
-                )
-                events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
-            elif apart < 0.8 * self.settings.separation_m:  # hysteresis
-                event = self._event(
-                    "units_separated_cleared",
-                    "info",
-                    unit,
-                    row.fix_time,
-                    now,
-                    row=row,
-                    late=late,
-                    details=details,
-                )
-                events += [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
-        return events
-
-    def _towed(
-        self, unit: Unit, state: _UnitState, row: StoredPosition, now: datetime, late: bool
-    ) -> list[Event]:
-        ignition = row.attributes.get("ignition")
-        key = f"towed:{unit.unique_id}"
-        if ignition is not False:
-            state.tow = None
-            if ignition is True:
-                event = self._event("towed_cleared", "info", unit, row.fix_time, now, row=row)
-                return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
-            return []
-        if state.tow is None:
-            state.tow = _Tow((row.lat, row.lon))
-        moved = distance_m(row.lat, row.lon, *state.tow.anchor)
-        moving = row.speed_kmh > self.settings.towed_speed_kmh or (
-            moved > self.settings.towed_displacement_m
-        )
-        if not moving:
-            return []
-        state.tow.since = state.tow.since or row.fix_time
-        if (row.fix_time - state.tow.since).total_seconds() < self.settings.towed_after_s:
-            return []
-        event = self._event(
-            "towed",
-            "critical",
-            unit,
-            row.fix_time,
-            now,
-            row=row,
-            late=late,
-            details={"moved_m": round(moved), "speed_kmh": row.speed_kmh},
-        )
-        return [e for e in [self._open(unit.vehicle_id, key, event)] if e]
-
-    def _long_stay(self, unit: Unit, row: StoredPosition, now: datetime, late: bool) -> list[Event]:
-        stay = self._stays.get(unit.vehicle_id)
-        key = "long_stay"
-        if stay is None or distance_m(row.lat, row.lon, stay.lat, stay.lon) > (
-            self.settings.long_stay_radius_m
-        ):
-            self._stays[unit.vehicle_id] = _Stay(row.lat, row.lon, row.fix_time)
-            if stay is None:
-                return []
-            event = self._event("long_stay_cleared", "info", unit, row.fix_time, now, row=row)
-            return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
-        days = (row.fix_time - stay.since).total_seconds() / 86_400
-        if days < self.settings.long_stay_days:
-            return []
-        event = self._event(
-            "long_stay",
-            "warning",
-            unit,
-            row.fix_time,
-            now,
-            row=row,
-            late=late,
-            details={"days": round(days, 2), "since": _iso(stay.since)},
-        )
-        return [e for e in [self._open(unit.vehicle_id, key, event)] if e]
-
     # helpers
 
     def _silent_after(self, unit: Unit) -> timedelta:
@@ -559,53 +443,3 @@ class RuleEngine:
         while visits and visits[0] < when - window:
             visits.popleft()
         return sum(1 for v in visits if v <= when)
-
-    def _open(self, vehicle_id: str, key: str, event: Event) -> Event | None:
-        if (vehicle_id, key) in self.open:
-            return None
-        event = _with_key(event, key, clears=False)
-        self.open[(vehicle_id, key)] = event
-        return event
-
-    def _clear(self, vehicle_id: str, key: str, event: Event) -> Event | None:
-        if self.open.pop((vehicle_id, key), None) is None:
-            return None
-        return _with_key(event, key, clears=True)
-
-    def _event(
-        self,
-        kind: str,
-        severity: str,
-        unit: Unit,
-        fix_time: datetime,
-        now: datetime,
-        *,
-        row: StoredPosition | None = None,
-        lat: float | None = None,
-        lon: float | None = None,
-        late: bool = False,
-        details: dict[str, Any] | None = None,
-    ) -> Event:
-        return Event(
-            id=self._new_id(),
-            type=kind,
-            severity=severity,  # type: ignore[arg-type]
-            vehicle_id=unit.vehicle_id,
-            unique_id=unit.unique_id,
-            fix_time=fix_time,
-            detected_at=now,
-            lat=row.lat if row else lat,
-            lon=row.lon if row else lon,
-            details=details or {},
-            late=late,
-        )
-
-
-def _with_key(event: Event, key: str, *, clears: bool) -> Event:
-    from dataclasses import replace
-
-    return replace(event, alert_key=key, clears=clears)
-
-
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")

@@ -1,0 +1,66 @@
+"""One alert per rule and vehicle until it clears: the base of the rule engine."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from tracker.store import Event, StoredPosition, Unit
+
+
+class AlertRules:
+    """``open`` maps (vehicle_id, alert_key) to the event that opened it."""
+
+    def __init__(self, new_id: Callable[[], str]) -> None:
+        self.open: dict[tuple[str, str], Event] = {}
+        self._new_id = new_id
+
+    def _open(self, vehicle_id: str, key: str, event: Event) -> Event | None:
+        if (vehicle_id, key) in self.open:
+            return None
+        event = with_key(event, key, clears=False)
+        self.open[(vehicle_id, key)] = event
+        return event
+
+    def _clear(self, vehicle_id: str, key: str, event: Event) -> Event | None:
+        if self.open.pop((vehicle_id, key), None) is None:
+            return None
+        return with_key(event, key, clears=True)
+
+    def _event(
+        self,
+        kind: str,
+        severity: str,
+        unit: Unit,
+        fix_time: datetime,
+        now: datetime,
+        *,
+        row: StoredPosition | None = None,
+        lat: float | None = None,
+        lon: float | None = None,
+        late: bool = False,
+        details: dict[str, Any] | None = None,
+    ) -> Event:
+        return Event(
+            id=self._new_id(),
+            type=kind,
+            severity=severity,  # type: ignore[arg-type]
+            vehicle_id=unit.vehicle_id,
+            unique_id=unit.unique_id,
+            fix_time=fix_time,
+            detected_at=now,
+            lat=row.lat if row else lat,
+            lon=row.lon if row else lon,
+            details=details or {},
+            late=late,
+        )
+
+
+def with_key(event: Event, key: str, *, clears: bool) -> Event:
+    return replace(event, alert_key=key, clears=clears)
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
