@@ -47,6 +47,9 @@ class Registry:
     def vehicle(self, vehicle_id: str) -> Vehicle | None:
         return self._vehicles.get(vehicle_id)
 
+    def units(self) -> list[Unit]:
+        return list(self._units.values())
+
     def vehicle_ids(self) -> list[str]:
         return list(self._vehicles)
 

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,12 +23,13 @@ import orjson
 from tracker import views
 from tracker.live import Hub
 from tracker.rules import RuleEngine
-from tracker.store import Event, Store, StoredPosition
+from tracker.store import Event, Store, StoredPosition, Unit
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.25
 SAVE_SEEN_S = 5.0
+GATHERING_S = 60.0
 
 
 class Events:
@@ -41,7 +42,9 @@ class Events:
         *,
         clock: Callable[[], datetime],
         on_stored: Callable[[Sequence[Event]], None] = lambda events: None,
+        latest_fixes: Callable[[], Iterable[tuple[Unit, StoredPosition]]] = lambda: (),
     ) -> None:
+        self._latest_fixes = latest_fixes
         self._store = store
         self.engine = engine
         self._hub = hub
@@ -94,6 +97,9 @@ class Events:
         """Fire the silence deadlines that passed."""
         self._emit(self.engine.due(self.clock()))
 
+    def look_for_gatherings(self) -> None:
+        self._emit(self.engine.gatherings(self._latest_fixes(), self.clock()))
+
     # internals
 
     def _saw(self, unique_id: str, when: datetime) -> None:
@@ -136,14 +142,15 @@ class Events:
         self._on_stored(stored)
 
     async def _clock_loop(self) -> None:
-        since_save = 0.0
+        ticks = 0
         while True:
             await asyncio.sleep(TICK_S)
+            ticks += 1
             self.tick()
-            since_save += TICK_S
-            if since_save >= SAVE_SEEN_S:
-                since_save = 0.0
+            if ticks % round(SAVE_SEEN_S / TICK_S) == 0:
                 await self._save_seen()
+            if ticks % round(GATHERING_S / TICK_S) == 0:
+                self.look_for_gatherings()
 
     async def _save_seen(self) -> None:
         seen, self._seen = self._seen, {}

@@ -224,3 +224,65 @@ def test_deadlines_heap_pushes_once_per_period() -> None:
     assert deadlines.pop_due(T0 + timedelta(seconds=100)) == []
     assert deadlines.pop_due(T0 + timedelta(seconds=1059)) == [("a", T0 + timedelta(seconds=1059))]
     assert deadlines.pop_due(T0 + timedelta(days=1)) == []
+
+
+def test_gathering_of_three_cars_for_half_an_hour() -> None:
+    world = World()
+    cars = [Unit(f"g{n}", f"car-{n}", "wired") for n in range(4)]
+    latest = [
+        (
+            unit,
+            StoredPosition(
+                unit.unique_id,
+                unit.vehicle_id,
+                "gt06",
+                T0,
+                T0,
+                CENTRE[1] + n * 0.0004,
+                CENTRE[0],
+                attributes={},
+            ),
+        )
+        for n, unit in enumerate(cars[:3])
+    ]
+    far = StoredPosition("g3", "car-3", "gt06", T0, T0, CENTRE[1] + 0.05, CENTRE[0])
+    latest.append((cars[3], far))
+    assert world.engine.gatherings(latest, T0) == []
+    assert world.engine.gatherings(latest, T0 + timedelta(minutes=29)) == []
+    events = world.engine.gatherings(latest, T0 + timedelta(minutes=30))
+    assert types(events) == ["gathering"] * 3
+    assert {e.vehicle_id for e in events} == {"car-0", "car-1", "car-2"}
+    assert events[0].details["vehicles"] == ["car-0", "car-1", "car-2"]
+    assert world.engine.gatherings(latest, T0 + timedelta(minutes=31)) == []  # still open
+    parted = [
+        (
+            u,
+            StoredPosition(
+                u.unique_id, u.vehicle_id, "gt06", T0, T0, CENTRE[1] + n * 0.01, CENTRE[0]
+            ),
+        )
+        for n, (u, _) in enumerate(latest)
+    ]
+    assert (
+        types(world.engine.gatherings(parted, T0 + timedelta(minutes=40)))
+        == ["gathering_cleared"] * 3
+    )
+
+
+def test_night_location_changed_after_a_usual_place() -> None:
+    world = World()
+    # Jakarta (lon 106.8): local solar time is UTC+7; 19:00 UTC is 02:00 local
+    night = datetime(2026, 11, 1, 19, 0, tzinfo=UTC)
+    events = []
+    for n in range(6):  # six nights at home, each followed by a morning fix
+        start = (night + timedelta(days=n) - T0).total_seconds()
+        events += world.fix(start, 0, unit=BATTERY)
+        events += world.fix(start + 6 * 3600, 0, unit=BATTERY)
+    assert [t for t in types(events) if t.startswith("night")] == []  # (long_stay is due)
+    start = (night + timedelta(days=6) - T0).total_seconds()
+    events = world.fix(start, 8000, unit=BATTERY) + world.fix(start + 6 * 3600, 8000, unit=BATTERY)
+    assert types(events) == ["long_stay_cleared", "night_location_changed"]
+    assert events[1].details["moved_m"] > 6000
+    start = (night + timedelta(days=7) - T0).total_seconds()
+    events = world.fix(start, 0, unit=BATTERY) + world.fix(start + 6 * 3600, 0, unit=BATTERY)
+    assert [t for t in types(events) if t.startswith("night")] == ["night_location_changed_cleared"]

@@ -52,6 +52,9 @@ class RuleSettings:
     alarm_clear_s: float = 600.0
     risk_window_days: float = 30.0
     late_after_s: float = 300.0
+    gathering_vehicles: int = 3
+    gathering_radius_m: float = 200.0
+    gathering_minutes: float = 30.0
 
 
 @dataclass(slots=True)
@@ -212,6 +215,7 @@ class RuleEngine(MotionRules):
             events += self._separation(unit, row, now, late)
             events += self._towed(unit, state, row, now, late)
             events += self._long_stay(unit, row, now, late)
+            events += self._night(unit, row, now)
             state.last = row
         return events
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
-from tracker.rules.alerts import AlertRules, iso
+from tracker.rules.alerts import iso
 from tracker.rules.geo import distance_m
+from tracker.rules.places import PlaceRules
 from tracker.store import Event, StoredPosition, Unit, Vehicle
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ class TowState(Protocol):
     tow: Tow | None
 
 
-class MotionRules(AlertRules):
+class MotionRules(PlaceRules):
     settings: RuleSettings
     _vehicle: Callable[[str], Vehicle | None]
     _latest: Callable[[str], StoredPosition | None]
