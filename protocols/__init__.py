@@ -56,6 +56,12 @@ class Codec(Protocol):
 # name -> "module:Class". One line per protocol; nothing is discovered.
 _CODEC_PATHS = {
     "gt06": "protocols.gt06:Gt06Codec",
+    "meitrack": "protocols.meitrack:MeitrackCodec",
+    "tk103": "protocols.tk103:Tk103Codec",
+    "queclink": "protocols.queclink:QueclinkCodec",
+    "h02": "protocols.h02:H02Codec",
+    "jt808": "protocols.jt808:Jt808Codec",
+    "teltonika": "protocols.teltonika:TeltonikaCodec",
 }
 
 # Protocols whose units also speak UDP: their codec takes ``transport="udp"``
