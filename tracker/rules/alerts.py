@@ -5,17 +5,35 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tracker.store import Event, StoredPosition, Unit
+from tracker.store import Event, StoredPosition, Unit, Vehicle
+
+if TYPE_CHECKING:
+    from tracker.rules.engine import RuleSettings
 
 
 class AlertRules:
     """``open`` maps (vehicle_id, alert_key) to the event that opened it."""
 
+    settings: RuleSettings
+    _vehicle: Callable[[str], Vehicle | None]
+
     def __init__(self, new_id: Callable[[], str]) -> None:
         self.open: dict[tuple[str, str], Event] = {}
         self._new_id = new_id
+        self._overrides: dict[tuple[str, str], RuleSettings] = {}
+
+    def settings_for(self, vehicle_id: str) -> RuleSettings:
+        """The global thresholds, with the vehicle's own ``rules`` over them."""
+        vehicle = self._vehicle(vehicle_id)
+        rules: dict[str, Any] = getattr(vehicle, "rules", None) or {}
+        if not rules:
+            return self.settings
+        key = (vehicle_id, repr(sorted(rules.items())))
+        if (cached := self._overrides.get(key)) is None:
+            cached = self._overrides[key] = replace(self.settings, **rules)
+        return cached
 
     def _open(self, vehicle_id: str, key: str, event: Event) -> Event | None:
         if (vehicle_id, key) in self.open:

@@ -180,7 +180,11 @@ class RuleEngine(MotionRules):
                 events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
             elif (unit.vehicle_id, key) in self.open and not late:
                 last = self._alarm_at.get((unique_id, name))
-                if last is None or (when - last).total_seconds() >= self.settings.alarm_clear_s:
+                if (
+                    last is None
+                    or (when - last).total_seconds()
+                    >= self.settings_for(unit.vehicle_id).alarm_clear_s
+                ):
                     event = self._event(
                         f"{name}_cleared", "info", unit, when, now, lat=lat, lon=lon
                     )
@@ -266,7 +270,7 @@ class RuleEngine(MotionRules):
         lons = np.fromiter((r.lon for r in rows), dtype=np.float64, count=len(rows))
         lats = np.fromiter((r.lat for r in rows), dtype=np.float64, count=len(rows))
         margins = np.fromiter(
-            (max(self.settings.margin_m, r.accuracy_m or 0.0) for r in rows),
+            (max(self.settings_for(r.vehicle_id).margin_m, r.accuracy_m or 0.0) for r in rows),
             dtype=np.float64,
             count=len(rows),
         )
@@ -287,6 +291,7 @@ class RuleEngine(MotionRules):
     ) -> list[Event]:
         if self._index is None:
             return []
+        cfg = self.settings_for(unit.vehicle_id)
         events: list[Event] = []
         allowed = self._allowed.get(None, []) + self._allowed.get(unit.vehicle_id, [])
         tracked = [f for f, s in state.fences.items() if s.confirmed is Seen.INSIDE or s.candidate]
@@ -303,8 +308,8 @@ class RuleEngine(MotionRules):
                 fence_state,
                 seen.get(fence_id, Seen.OUTSIDE),
                 row.fix_time,
-                dwell_fixes=self.settings.dwell_fixes,
-                dwell_s=self.settings.dwell_s,
+                dwell_fixes=cfg.dwell_fixes,
+                dwell_s=cfg.dwell_s,
             )
             if change is not None:
                 events += self._crossing(unit, fence, change.before, change.after, row, now, late)
@@ -373,7 +378,9 @@ class RuleEngine(MotionRules):
         prev = state.last
         if self._index is None or prev is None:
             return []
-        if (row.fix_time - prev.fix_time).total_seconds() <= self.settings.dwell_s:
+        if (row.fix_time - prev.fix_time).total_seconds() <= self.settings_for(
+            unit.vehicle_id
+        ).dwell_s:
             return []
         events = []
         for fence_id in self._index.crossed(prev.lon, prev.lat, row.lon, row.lat, unit.vehicle_id):
@@ -426,9 +433,9 @@ class RuleEngine(MotionRules):
         if unit.silent_after_s is not None:
             return timedelta(seconds=unit.silent_after_s)
         default = (
-            self.settings.silent_battery_s
+            self.settings_for(unit.vehicle_id).silent_battery_s
             if unit.kind == "battery"
-            else (self.settings.silent_wired_s)
+            else (self.settings_for(unit.vehicle_id).silent_wired_s)
         )
         return timedelta(seconds=default)
 

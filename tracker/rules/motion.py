@@ -58,12 +58,12 @@ class MotionRules(PlaceRules):
             if theirs is None:
                 continue
             gap = abs((row.fix_time - theirs.fix_time).total_seconds())
-            if gap > self.settings.separation_window_s:
+            if gap > self.settings_for(unit.vehicle_id).separation_window_s:
                 continue
             apart = distance_m(row.lat, row.lon, theirs.lat, theirs.lon)
             key = "units_separated:" + ":".join(sorted((unit.unique_id, other.unique_id)))
             details = {"distance_m": round(apart), "other_unique_id": other.unique_id}
-            if apart > self.settings.separation_m:
+            if apart > self.settings_for(unit.vehicle_id).separation_m:
                 event = self._event(
                     "units_separated",
                     "critical",
@@ -75,7 +75,7 @@ class MotionRules(PlaceRules):
                     details=details,
                 )
                 events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
-            elif apart < 0.8 * self.settings.separation_m:  # hysteresis
+            elif apart < 0.8 * self.settings_for(unit.vehicle_id).separation_m:  # hysteresis
                 event = self._event(
                     "units_separated_cleared",
                     "info",
@@ -103,13 +103,15 @@ class MotionRules(PlaceRules):
         if state.tow is None:
             state.tow = Tow((row.lat, row.lon))
         moved = distance_m(row.lat, row.lon, *state.tow.anchor)
-        moving = row.speed_kmh > self.settings.towed_speed_kmh or (
-            moved > self.settings.towed_displacement_m
+        moving = row.speed_kmh > self.settings_for(unit.vehicle_id).towed_speed_kmh or (
+            moved > self.settings_for(unit.vehicle_id).towed_displacement_m
         )
         if not moving:
             return []
         state.tow.since = state.tow.since or row.fix_time
-        if (row.fix_time - state.tow.since).total_seconds() < self.settings.towed_after_s:
+        if (row.fix_time - state.tow.since).total_seconds() < self.settings_for(
+            unit.vehicle_id
+        ).towed_after_s:
             return []
         event = self._event(
             "towed",
@@ -127,7 +129,7 @@ class MotionRules(PlaceRules):
         stay = self._stays.get(unit.vehicle_id)
         key = "long_stay"
         if stay is None or distance_m(row.lat, row.lon, stay.lat, stay.lon) > (
-            self.settings.long_stay_radius_m
+            self.settings_for(unit.vehicle_id).long_stay_radius_m
         ):
             self._stays[unit.vehicle_id] = Stay(row.lat, row.lon, row.fix_time)
             if stay is None:
@@ -135,7 +137,7 @@ class MotionRules(PlaceRules):
             event = self._event("long_stay_cleared", "info", unit, row.fix_time, now, row=row)
             return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
         days = (row.fix_time - stay.since).total_seconds() / 86_400
-        if days < self.settings.long_stay_days:
+        if days < self.settings_for(unit.vehicle_id).long_stay_days:
             return []
         event = self._event(
             "long_stay",
