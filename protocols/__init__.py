@@ -56,6 +56,7 @@ class Codec(Protocol):
 # name -> "module:Class". One line per protocol; nothing is discovered.
 _CODEC_PATHS = {
     "gt06": "protocols.gt06:Gt06Codec",
+    "watch": "protocols.watch:WatchCodec",
     "meitrack": "protocols.meitrack:MeitrackCodec",
     "tk103": "protocols.tk103:Tk103Codec",
     "queclink": "protocols.queclink:QueclinkCodec",
