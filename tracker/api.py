@@ -10,7 +10,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hmac
+import math
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -25,8 +27,10 @@ from starlette.exceptions import HTTPException
 import tracker
 from tracker import views
 from tracker.api_events import rule_routes
+from tracker.api_webhooks import webhook_routes
 from tracker.live import ALL
 from tracker.page import PAGE_HTML, mount_static
+from tracker.rules import RuleSettings
 from tracker.store import StoredPosition, Unit, UnitConflict
 
 if TYPE_CHECKING:
@@ -34,6 +38,9 @@ if TYPE_CHECKING:
 
 VehicleId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^/\s]+$")]
 MAX_TRACK_LIMIT = 10_000
+
+# The thresholds a vehicle may override: RuleSettings field name -> whether it is an int.
+RULE_FIELDS = {f.name: f.type in (int, "int") for f in dataclasses.fields(RuleSettings)}
 
 
 class ORJSONResponse(JSONResponse):
@@ -52,6 +59,9 @@ class VehicleIn(BaseModel):
     vin: str | None = Field(default=None, max_length=32)
     loan_ref: str | None = Field(default=None, max_length=128)
     units: list[UnitIn] = Field(default_factory=list, max_length=16)
+    # Per-vehicle rule thresholds: RuleSettings field name -> value (the global
+    # value applies to every field not named).
+    rules: dict[str, float | int] | None = None
 
     @field_validator("units")
     @classmethod
@@ -60,6 +70,28 @@ class VehicleIn(BaseModel):
         if len(ids) != len(set(ids)):
             raise ValueError("each unique_id may appear once")
         return units
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _known_rules(cls, rules: Any) -> Any:
+        """Names of RuleSettings fields, finite numbers > 0, ints for int fields.
+        Checked before coercion, so neither true nor "7" passes for a number."""
+        if not isinstance(rules, dict):
+            return rules  # None, or a type error pydantic reports
+        checked: dict[str, float | int] = {}
+        for name, value in rules.items():
+            if name not in RULE_FIELDS:
+                raise ValueError(f"unknown rule {name!r}; valid rules: {', '.join(RULE_FIELDS)}")
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"rule {name!r} must be a number, got {value!r}")
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"rule {name!r} must be a number > 0, got {value!r}")
+            if RULE_FIELDS[name]:
+                if value != int(value):
+                    raise ValueError(f"rule {name!r} must be a whole number, got {value!r}")
+                value = int(value)
+            checked[name] = value
+        return checked
 
 
 def problem(status: int, detail: str, title: str | None = None) -> JSONResponse:
@@ -180,7 +212,12 @@ def create_app(server: Server) -> FastAPI:
         units = [Unit(u.unique_id, vehicle_id, u.kind, u.silent_after_s) for u in body.units]
         try:
             vehicle, created = await server.registry.put_vehicle(
-                vehicle_id, plate=body.plate, vin=body.vin, loan_ref=body.loan_ref, units=units
+                vehicle_id,
+                plate=body.plate,
+                vin=body.vin,
+                loan_ref=body.loan_ref,
+                units=units,
+                rules=body.rules or {},
             )
         except UnitConflict as exc:
             return problem(409, str(exc))
@@ -314,6 +351,7 @@ def create_app(server: Server) -> FastAPI:
         }
 
     app.include_router(rule_routes(server, api))
+    app.include_router(webhook_routes(server, api))
 
     @app.websocket("/api/v1/live")
     async def live(websocket: WebSocket) -> None:

@@ -8,8 +8,9 @@ round trip); an unknown unit is remembered for ``GET /api/v1/units/unknown``.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from tracker.store import Store, Unit, UnknownSighting, Vehicle
 
@@ -61,10 +62,13 @@ class Registry:
         vin: str | None,
         loan_ref: str | None,
         units: Sequence[Unit],
+        rules: Mapping[str, Any] | None = None,
     ) -> tuple[Vehicle, bool]:
+        """Create or replace a vehicle (``rules``: its threshold overrides, None
+        for none) in the store, then here."""
         async with self._lock:
             vehicle, created = await self._store.put_vehicle(
-                vehicle_id, plate=plate, vin=vin, loan_ref=loan_ref, units=units
+                vehicle_id, plate=plate, vin=vin, loan_ref=loan_ref, units=units, rules=rules
             )
             self._forget(vehicle_id)
             self._remember(vehicle)

@@ -33,6 +33,7 @@ from tracker.live import Hub
 from tracker.rules import RuleEngine
 from tracker.settings import Settings
 from tracker.store import Store, open_store
+from tracker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,20 @@ class Server:
             vehicle=self.registry.vehicle,
             latest=self.cache.unit,
         )
-        self.events = Events(self.store, self.engine, self.hub, self.stats, clock=clock)
+        self.webhooks = WebhookSender(self.store, self.stats, clock=clock)
+        self.events = Events(
+            self.store,
+            self.engine,
+            self.hub,
+            self.stats,
+            clock=clock,
+            on_stored=lambda events: self.webhooks.wake(),
+            latest_fixes=lambda: (
+                (unit, row)
+                for unit in self.registry.units()
+                if (row := self.cache.unit(unit.unique_id)) is not None
+            ),
+        )
         self.pipeline.observer = self.events
         self.fences = Fences(self.store, self.engine, clock)
         self.admin_key = admin_key(settings)
@@ -120,6 +134,7 @@ class Server:
         self.cache.load(await self.store.latest_positions())
         await self.fences.load()
         await self.events.start(timedelta(days=self.settings.rules.risk_window_days))
+        await self.webhooks.start()
         self.pipeline.start()
         for gateway in self.gateways:
             await gateway.start()
@@ -168,6 +183,7 @@ class Server:
         self._http.clear()
         await self.pipeline.stop()
         await self.events.stop()
+        await self.webhooks.stop()
         await self.store.close()
         self.ports.clear()
         self.udp_ports.clear()

@@ -70,6 +70,7 @@ def vehicle(item: Vehicle) -> dict[str, Any]:
             for u in item.units
         ],
         "updated_at": iso(item.updated_at) if item.updated_at else None,
+        "rules": item.rules,
     }
 
 

@@ -200,3 +200,43 @@ async def test_map_page_is_served_with_leaflet(server: Server) -> None:
         script = await web.get("/static/leaflet/leaflet.js")
         assert script.status_code == 200
         assert "Leaflet" in script.text[:2000]
+
+
+async def test_vehicle_rules_override_thresholds(api: httpx.AsyncClient) -> None:
+    body = {"units": [{"unique_id": "333"}], "rules": {"long_stay_days": 7, "margin_m": 50.5}}
+    created = await api.put("/api/v1/vehicles/car-r", json=body)
+    assert created.status_code == 201
+    assert created.json()["rules"] == {"long_stay_days": 7, "margin_m": 50.5}
+    shown = (await api.get("/api/v1/vehicles/car-r")).json()
+    assert shown["rules"] == {"long_stay_days": 7, "margin_m": 50.5}
+    listed = (await api.get("/api/v1/vehicles")).json()["items"]
+    assert [v["rules"] for v in listed if v["vehicle_id"] == "car-r"] == [shown["rules"]]
+
+    # an int field takes a whole number (7.0 is stored as 7)
+    body["rules"] = {"dwell_fixes": 3.0}
+    replaced = await api.put("/api/v1/vehicles/car-r", json=body)
+    assert replaced.status_code == 200
+    assert replaced.json()["rules"] == {"dwell_fixes": 3}
+
+    # PUT replaces the whole vehicle: no rules given, none kept
+    assert (await api.put("/api/v1/vehicles/car-r", json={})).json()["rules"] == {}
+    assert (await api.get("/api/v1/vehicles/car-r")).json()["rules"] == {}
+
+    bad_key = await api.put("/api/v1/vehicles/car-r", json={"rules": {"long_stay_dayz": 7}})
+    assert bad_key.status_code == 422
+    assert bad_key.headers["content-type"] == "application/problem+json"
+    detail = bad_key.json()["detail"]
+    assert "'long_stay_dayz'" in detail
+    assert "long_stay_days" in detail
+    assert "margin_m" in detail
+    for rules in (
+        {"margin_m": 0},
+        {"margin_m": -5},
+        {"margin_m": True},
+        {"margin_m": "50"},
+        {"dwell_fixes": 2.5},
+    ):
+        response = await api.put("/api/v1/vehicles/car-r", json={"rules": rules})
+        assert response.status_code == 422, rules
+        assert next(iter(rules)) in response.json()["detail"], rules
+    assert (await api.get("/api/v1/vehicles/car-r")).json()["rules"] == {}  # unchanged

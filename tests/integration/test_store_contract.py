@@ -7,6 +7,8 @@ Events, geofences and webhooks: ``test_store_events.py``.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -22,6 +24,8 @@ from tracker.store import (
     UnknownUnit,
     open_store,
 )
+from tracker.store.base import migrations_dir
+from tracker.store.sqlite import path_of
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
@@ -72,6 +76,41 @@ async def test_put_vehicle_creates_then_replaces(store: Store) -> None:
     )
     assert await store.get_vehicle("v1") == replaced
     assert await store.all_units() == list(replaced.units)
+
+
+async def test_vehicle_rules_round_trip_and_are_replaced(store: Store) -> None:
+    rules = {"long_stay_days": 7, "margin_m": 50.5, "dwell_fixes": 3}
+    vehicle, _ = await store.put_vehicle(
+        "v1", plate=None, vin=None, loan_ref=None, units=[], rules=rules
+    )
+    assert vehicle.rules == rules
+    assert (await store.get_vehicle("v1")) == vehicle
+    assert [v.rules for v in await store.list_vehicles(after=None, limit=10)] == [rules]
+    stored = await store.get_vehicle("v1")
+    assert stored is not None
+    assert isinstance(stored.rules["long_stay_days"], int)
+    assert isinstance(stored.rules["margin_m"], float)
+
+    # PUT replaces the whole vehicle: rules not named again are gone
+    replaced, created = await store.put_vehicle(
+        "v1", plate=None, vin=None, loan_ref=None, units=[], rules={"towed_after_s": 60}
+    )
+    assert not created
+    assert replaced.rules == {"towed_after_s": 60}
+    assert (await store.get_vehicle("v1")) == replaced
+
+    cleared, _ = await store.put_vehicle("v1", plate=None, vin=None, loan_ref=None, units=[])
+    assert cleared.rules == {}
+    stored = await store.get_vehicle("v1")
+    assert stored is not None
+    assert stored.rules == {}
+
+
+async def test_vehicle_without_rules_has_none(store: Store) -> None:
+    await register(store, "v1", "u1")
+    vehicle = await store.get_vehicle("v1")
+    assert vehicle is not None
+    assert vehicle.rules == {}
 
 
 async def test_units_are_stored_under_the_vehicle_named(store: Store) -> None:
@@ -292,6 +331,45 @@ async def test_data_survives_reopening(store: Store, store_url: str) -> None:
     await reopened.close()  # closing twice is harmless
 
 
+async def test_vehicles_from_before_rules_get_none(
+    store_url: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """0003 on a database with vehicles in it: they read back with rules {}."""
+    old = tmp_path / "migrations"
+    for sub in ("", "sqlite"):
+        (old / sub).mkdir(parents=True, exist_ok=True)
+        for path in migrations_dir(sub).glob("000[12]_*.sql"):
+            shutil.copy(path, old / sub / path.name)
+    monkeypatch.setenv("TRACKER_MIGRATIONS_DIR", str(old))
+    before = open_store(store_url)
+    await before.open()
+    await before.close()
+    # a vehicle as the code before 0003 stored it
+    if store_url.startswith("sqlite"):
+        conn = sqlite3.connect(path_of(store_url))
+        with conn:
+            conn.execute("INSERT INTO vehicles (vehicle_id, updated_at) VALUES ('v1', 0)")
+            conn.execute("INSERT INTO units (unique_id, vehicle_id) VALUES ('u1', 'v1')")
+        conn.close()
+    else:
+        pg = await asyncpg.connect(store_url)
+        try:
+            await pg.execute("INSERT INTO vehicles (vehicle_id) VALUES ('v1')")
+            await pg.execute("INSERT INTO units (unique_id, vehicle_id) VALUES ('u1', 'v1')")
+        finally:
+            await pg.close()
+    monkeypatch.delenv("TRACKER_MIGRATIONS_DIR")
+    after = open_store(store_url)
+    await after.open()
+    try:
+        vehicle = await after.get_vehicle("v1")
+        assert vehicle is not None
+        assert (vehicle.rules, [u.unique_id for u in vehicle.units]) == ({}, ["u1"])
+        assert await after.migrate() == []
+    finally:
+        await after.close()
+
+
 async def test_migrate_is_idempotent(store: Store) -> None:
     assert await store.migrate() == []
     assert await store.migrate() == []
@@ -333,6 +411,10 @@ async def test_postgis_geometry_and_partitions(postgis_url: str) -> None:
         )
         assert [p["relname"] for p in partitions] == ["positions_y2011m03", "positions_y2024m05"]
         applied = await conn.fetch("SELECT name FROM schema_migrations ORDER BY name")
-        assert [a["name"] for a in applied] == ["0001_initial.sql", "0002_events.sql"]
+        assert [a["name"] for a in applied] == [
+            "0001_initial.sql",
+            "0002_events.sql",
+            "0003_vehicle_rules.sql",
+        ]
     finally:
         await conn.close()

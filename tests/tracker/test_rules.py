@@ -286,3 +286,18 @@ def test_night_location_changed_after_a_usual_place() -> None:
     start = (night + timedelta(days=7) - T0).total_seconds()
     events = world.fix(start, 0, unit=BATTERY) + world.fix(start + 6 * 3600, 0, unit=BATTERY)
     assert [t for t in types(events) if t.startswith("night")] == ["night_location_changed_cleared"]
+
+
+def test_a_vehicle_can_have_its_own_thresholds() -> None:
+    patient = Vehicle("car", units=(WIRED, BATTERY), rules={"silent_wired_s": 7200})
+    engine = RuleEngine(
+        RuleSettings(),
+        unit={u.unique_id: u for u in patient.units}.get,
+        vehicle={"car": patient}.get,
+        latest=lambda unique_id: None,
+    )
+    engine.report("111", T0)
+    assert engine.due(T0 + timedelta(hours=1)) == []  # the global 30 min does not apply
+    assert types(engine.due(T0 + timedelta(hours=2))) == ["unit_silent"]
+    assert engine.settings_for("car").silent_wired_s == 7200
+    assert engine.settings_for("other").silent_wired_s == 1800

@@ -8,7 +8,7 @@ suite (``tests/integration/test_store_contract.py``) runs against both.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -46,7 +46,12 @@ class Unit:
 
 @dataclass(frozen=True, slots=True)
 class Vehicle:
-    """The collateral: a financed car with one or more units."""
+    """The collateral: a financed car with one or more units.
+
+    ``rules`` overrides rule thresholds for this vehicle only: ``RuleSettings``
+    field name -> value (``{"long_stay_days": 7, "margin_m": 50}``); a field
+    not named keeps its global value. Empty: every global value applies.
+    """
 
     vehicle_id: str
     plate: str | None = None
@@ -54,6 +59,7 @@ class Vehicle:
     loan_ref: str | None = None
     units: tuple[Unit, ...] = ()
     updated_at: datetime | None = None
+    rules: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,12 +215,16 @@ class Store(Protocol):
         vin: str | None,
         loan_ref: str | None,
         units: Sequence[Unit],
+        rules: Mapping[str, Any] | None = None,
     ) -> tuple[Vehicle, bool]:
         """Create or replace a vehicle and its units; return it and whether it is new.
 
         Units of this vehicle not in ``units`` are removed from it; units in it
         are no longer listed as unknown. Each unit is
         stored under ``vehicle_id`` (its own ``vehicle_id`` field is ignored).
+        ``rules`` (its threshold overrides, see ``Vehicle``) replaces the stored
+        ones as given, not merged: None stores ``{}``. The store does not check
+        the names or values; the API does.
 
         Raises:
             UnitConflict: a unit in ``units`` belongs to another vehicle.

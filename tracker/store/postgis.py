@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,11 +97,11 @@ LIMIT $4
 """
 
 UPSERT_VEHICLE = """
-INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, updated_at)
-VALUES ($1, $2, $3, $4, now())
+INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, rules, updated_at)
+VALUES ($1, $2, $3, $4, $5, now())
 ON CONFLICT (vehicle_id) DO UPDATE
 SET plate = EXCLUDED.plate, vin = EXCLUDED.vin, loan_ref = EXCLUDED.loan_ref,
-    updated_at = EXCLUDED.updated_at
+    rules = EXCLUDED.rules, updated_at = EXCLUDED.updated_at
 RETURNING updated_at, xmax = 0 AS created
 """
 
@@ -207,11 +207,15 @@ class PostgisStore(PostgisEvents):
         vin: str | None,
         loan_ref: str | None,
         units: Sequence[Unit],
+        rules: Mapping[str, Any] | None = None,
     ) -> tuple[Vehicle, bool]:
         wanted = vehicle_units(vehicle_id, units)
+        wanted_rules = dict(rules or {})
         ids = [u.unique_id for u in wanted]
         async with self._pool.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(UPSERT_VEHICLE, vehicle_id, plate, vin, loan_ref)
+            row = await conn.fetchrow(
+                UPSERT_VEHICLE, vehicle_id, plate, vin, loan_ref, wanted_rules
+            )
             assert row is not None
             await conn.execute(
                 "DELETE FROM units WHERE vehicle_id = $1 AND unique_id <> ALL($2::text[])",
@@ -234,7 +238,7 @@ class PostgisStore(PostgisEvents):
                     raise UnitConflict(taken, other)
                 # a registered unit is no longer an unknown one
                 await conn.execute("DELETE FROM unknown_units WHERE unique_id = ANY($1)", ids)
-        vehicle = Vehicle(vehicle_id, plate, vin, loan_ref, wanted, row["updated_at"])
+        vehicle = Vehicle(vehicle_id, plate, vin, loan_ref, wanted, row["updated_at"], wanted_rules)
         return vehicle, row["created"]
 
     async def get_vehicle(self, vehicle_id: str) -> Vehicle | None:
@@ -256,7 +260,8 @@ class PostgisStore(PostgisEvents):
         """Vehicles selected by ``where``, their units loaded in one more query."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             rows = await conn.fetch(
-                f"SELECT vehicle_id, plate, vin, loan_ref, updated_at FROM vehicles {where}", *args
+                f"SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules FROM vehicles {where}",
+                *args,
             )
             if not rows:
                 return []
@@ -276,6 +281,7 @@ class PostgisStore(PostgisEvents):
                 r["loan_ref"],
                 tuple(units.get(r["vehicle_id"], ())),
                 r["updated_at"],
+                r["rules"],
             )
             for r in rows
         ]

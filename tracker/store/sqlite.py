@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -34,7 +34,7 @@ from tracker.store.base import (
     migrations_dir,
     vehicle_units,
 )
-from tracker.store.sqlite_codec import from_us, to_us
+from tracker.store.sqlite_codec import from_us, json_text, to_us
 from tracker.store.sqlite_events import EventsDb, SqliteEvents
 
 P = ParamSpec("P")
@@ -126,9 +126,12 @@ class SqliteStore(SqliteEvents):
         vin: str | None,
         loan_ref: str | None,
         units: Sequence[Unit],
+        rules: Mapping[str, Any] | None = None,
     ) -> tuple[Vehicle, bool]:
-        db = self._db
-        return await self._run(db.put_vehicle, vehicle_id, plate, vin, loan_ref, units)
+        db, wanted_rules = self._db, dict(rules or {})
+        return await self._run(
+            db.put_vehicle, vehicle_id, plate, vin, loan_ref, units, wanted_rules
+        )
 
     async def get_vehicle(self, vehicle_id: str) -> Vehicle | None:
         vehicles = await self._run(self._db.vehicles, "WHERE vehicle_id = ?", vehicle_id)
@@ -240,6 +243,7 @@ class SqliteDb(EventsDb):
         vin: str | None,
         loan_ref: str | None,
         units: Sequence[Unit],
+        rules: dict[str, Any],
     ) -> tuple[Vehicle, bool]:
         wanted = vehicle_units(vehicle_id, units)
         now = to_us(datetime.now(UTC))
@@ -254,11 +258,11 @@ class SqliteDb(EventsDb):
                 conn.execute("SELECT 1 FROM vehicles WHERE vehicle_id = ?", (vehicle_id,))
             ).fetchone() is None
             conn.execute(
-                "INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, updated_at)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (vehicle_id) DO UPDATE"
+                "INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, updated_at, rules)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id) DO UPDATE"
                 " SET plate = excluded.plate, vin = excluded.vin, loan_ref = excluded.loan_ref,"
-                " updated_at = excluded.updated_at",
-                (vehicle_id, plate, vin, loan_ref, now),
+                " updated_at = excluded.updated_at, rules = excluded.rules",
+                (vehicle_id, plate, vin, loan_ref, now, json_text(rules)),
             )
             conn.execute(
                 "DELETE FROM units WHERE vehicle_id = ?"
@@ -275,13 +279,15 @@ class SqliteDb(EventsDb):
             conn.executemany(
                 "DELETE FROM unknown_units WHERE unique_id = ?", [(u.unique_id,) for u in wanted]
             )
-        return Vehicle(vehicle_id, plate, vin, loan_ref, wanted, from_us(now)), created
+        vehicle = Vehicle(vehicle_id, plate, vin, loan_ref, wanted, from_us(now), rules)
+        return vehicle, created
 
     def vehicles(self, where: str, *args: Any) -> list[Vehicle]:
         """Vehicles selected by ``where``, their units loaded in one more query."""
         with self.transaction("BEGIN") as conn:  # one snapshot for both reads
             rows = conn.execute(
-                f"SELECT vehicle_id, plate, vin, loan_ref, updated_at FROM vehicles {where}", args
+                f"SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules FROM vehicles {where}",
+                args,
             ).fetchall()
             ids = orjson.dumps([r[0] for r in rows]).decode()
             unit_rows = conn.execute(
@@ -293,8 +299,16 @@ class SqliteDb(EventsDb):
         for u in unit_rows:
             units.setdefault(u[1], []).append(Unit(*u))
         return [
-            Vehicle(vid, plate, vin, loan_ref, tuple(units.get(vid, ())), from_us(updated_at))
-            for vid, plate, vin, loan_ref, updated_at in rows
+            Vehicle(
+                vid,
+                plate,
+                vin,
+                loan_ref,
+                tuple(units.get(vid, ())),
+                from_us(updated_at),
+                orjson.loads(rules),
+            )
+            for vid, plate, vin, loan_ref, updated_at, rules in rows
         ]
 
     def delete_vehicle(self, vehicle_id: str) -> bool:
