@@ -80,10 +80,7 @@ def _serve(database_url: str, naive: bool, ports: Any, stop: Any) -> None:
             batch_max_rows=1 if naive else 5000,
             batch_max_delay_ms=0 if naive else 5,
         )
-        server = Server(settings)
-        if naive:
-            server.store = server.pipeline._store = NaiveStore(database_url)
-            server.registry._store = server.store
+        server = Server(settings, store=NaiveStore(database_url) if naive else None)
         await server.start()
         ports.put(server.ports)
         await asyncio.to_thread(stop.wait)

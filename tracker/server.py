@@ -73,13 +73,20 @@ def _prepare_sqlite_path(url: str) -> None:
 
 
 class Server:
-    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        store: Store | None = None,
+    ) -> None:
+        """``store``: another adapter than ``database.url`` names (benchmarks)."""
         self.settings = settings
         self.clock = clock
         self.stats: Counter[str] = Counter()
-        if settings.database_url.startswith("sqlite:"):
+        if store is None and settings.database_url.startswith("sqlite:"):
             _prepare_sqlite_path(settings.database_url)
-        self.store: Store = open_store(settings.database_url)
+        self.store: Store = store or open_store(settings.database_url)
         self.registry = Registry(self.store, register_unknown_units=settings.register_unknown_units)
         self.cache = LatestState()
         self.hub = Hub()

@@ -129,6 +129,8 @@ class RuleEngine(MotionRules):
         if unit is None:
             return []
         self.deadlines.set(unique_id, when + self._silent_after(unit))
+        if (unit.vehicle_id, f"unit_silent:{unique_id}") not in self.open:
+            return []  # the common case: no event to build
         events = []
         back = self._clear(
             unit.vehicle_id,
@@ -411,6 +413,8 @@ class RuleEngine(MotionRules):
             return []  # not known yet for every allowed area
         key = "outside_allowed_area"
         if Seen.INSIDE in sides:
+            if (unit.vehicle_id, key) not in self.open:
+                return []
             event = self._event(
                 f"{key}_cleared", "info", unit, row.fix_time, now, row=row, late=late
             )

@@ -52,18 +52,19 @@ class MotionRules(PlaceRules):
         vehicle = self._vehicle(unit.vehicle_id)
         if vehicle is None or len(vehicle.units) < 2:
             return []
+        cfg = self.settings_for(unit.vehicle_id)
         events = []
         for other in vehicle.units:
             theirs = self._latest(other.unique_id) if other.unique_id != unit.unique_id else None
             if theirs is None:
                 continue
             gap = abs((row.fix_time - theirs.fix_time).total_seconds())
-            if gap > self.settings_for(unit.vehicle_id).separation_window_s:
+            if gap > cfg.separation_window_s:
                 continue
             apart = distance_m(row.lat, row.lon, theirs.lat, theirs.lon)
             key = "units_separated:" + ":".join(sorted((unit.unique_id, other.unique_id)))
             details = {"distance_m": round(apart), "other_unique_id": other.unique_id}
-            if apart > self.settings_for(unit.vehicle_id).separation_m:
+            if apart > cfg.separation_m and (unit.vehicle_id, key) not in self.open:
                 event = self._event(
                     "units_separated",
                     "critical",
@@ -75,7 +76,7 @@ class MotionRules(PlaceRules):
                     details=details,
                 )
                 events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
-            elif apart < 0.8 * self.settings_for(unit.vehicle_id).separation_m:  # hysteresis
+            elif (unit.vehicle_id, key) in self.open and apart < 0.8 * cfg.separation_m:
                 event = self._event(
                     "units_separated_cleared",
                     "info",
@@ -96,7 +97,7 @@ class MotionRules(PlaceRules):
         key = f"towed:{unit.unique_id}"
         if ignition is not False:
             state.tow = None
-            if ignition is True:
+            if ignition is True and (unit.vehicle_id, key) in self.open:
                 event = self._event("towed_cleared", "info", unit, row.fix_time, now, row=row)
                 return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
             return []
@@ -132,7 +133,7 @@ class MotionRules(PlaceRules):
             self.settings_for(unit.vehicle_id).long_stay_radius_m
         ):
             self._stays[unit.vehicle_id] = Stay(row.lat, row.lon, row.fix_time)
-            if stay is None:
+            if stay is None or (unit.vehicle_id, key) not in self.open:
                 return []
             event = self._event("long_stay_cleared", "info", unit, row.fix_time, now, row=row)
             return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
