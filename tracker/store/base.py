@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 UnitKind = Literal["wired", "battery"]
+LoanState = Literal["current", "delinquent", "recovery", "closed"]
+Role = Literal["admin", "servicing", "recovery", "viewer"]
 
 
 def migrations_dir(subdir: str = "") -> Path:
@@ -60,6 +62,9 @@ class Vehicle:
     units: tuple[Unit, ...] = ()
     updated_at: datetime | None = None
     rules: dict[str, Any] = field(default_factory=dict)
+    loan_state: LoanState = "current"
+    loan_state_since: datetime | None = None  # when loan_state last changed
+    assignees: tuple[str, ...] = ()  # user ids of the recovery agents on this car
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +190,53 @@ class Delivery:
     delivered_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A user's API key. Only ``key_hash`` (SHA-256 hex of the key) is stored."""
+
+    id: str
+    user_id: str
+    key_hash: str
+    prefix: str  # the key's first characters, to tell keys apart in a list
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A time-limited link for an outside agent to watch one vehicle."""
+
+    id: str
+    vehicle_id: str
+    token_hash: str  # SHA-256 hex of the token
+    created_by: str  # user id
+    created_at: datetime
+    expires_at: datetime
+    history_h: float
+    revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """Who read or shared a borrower's movements. Append-only; ``seq`` set by the store."""
+
+    at: datetime
+    actor: str  # user id, or "share:<share id>"
+    action: str  # location.read, locations.read, track.read, live.subscribe, share.create, ...
+    vehicle_id: str | None
+    remote_addr: str
+    details: dict[str, Any] = field(default_factory=dict)
+    seq: int | None = None
+
+
 def vehicle_units(vehicle_id: str, units: Sequence[Unit]) -> tuple[Unit, ...]:
     """``units`` as ``put_vehicle`` stores them: under ``vehicle_id``, one per
     ``unique_id`` (the last one named wins), ordered by ``unique_id``."""
@@ -216,6 +268,7 @@ class Store(Protocol):
         loan_ref: str | None,
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
+        loan_state: LoanState = "current",
     ) -> tuple[Vehicle, bool]:
         """Create or replace a vehicle and its units; return it and whether it is new.
 
@@ -224,7 +277,9 @@ class Store(Protocol):
         stored under ``vehicle_id`` (its own ``vehicle_id`` field is ignored).
         ``rules`` (its threshold overrides, see ``Vehicle``) replaces the stored
         ones as given, not merged: None stores ``{}``. The store does not check
-        the names or values; the API does.
+        the names or values; the API does. ``loan_state_since`` is set to now
+        when the vehicle is new or its ``loan_state`` changes, kept otherwise.
+        Assignees are kept (``set_assignees`` changes them).
 
         Raises:
             UnitConflict: a unit in ``units`` belongs to another vehicle.
@@ -358,3 +413,67 @@ class Store(Protocol):
 
     async def deliveries(self, webhook_id: str, *, limit: int) -> list[Delivery]:
         """The webhook's deliveries, newest (highest id) first, at most ``limit``."""
+
+    # users, keys, assignees
+    async def put_user(self, user: User) -> None:
+        """Create or replace by id."""
+
+    async def get_user(self, user_id: str) -> User | None: ...
+
+    async def list_users(self) -> list[User]:
+        """Ordered by id."""
+
+    async def add_key(self, key: ApiKey) -> None: ...
+
+    async def revoke_key(self, key_id: str, at: datetime) -> bool:
+        """Set ``revoked_at``; False when there is no such key or it is revoked already."""
+
+    async def user_keys(self, user_id: str) -> list[ApiKey]:
+        """Every key of the user, revoked ones too, oldest first."""
+
+    async def key_by_hash(self, key_hash: str) -> tuple[ApiKey, User] | None:
+        """The unrevoked key with this hash and its user."""
+
+    async def set_assignees(self, vehicle_id: str, user_ids: Sequence[str]) -> bool:
+        """Replace the vehicle's assignees; False when there is no such vehicle."""
+
+    # share links
+    async def add_share(self, share: Share) -> None: ...
+
+    async def get_share(self, share_id: str) -> Share | None: ...
+
+    async def share_by_hash(self, token_hash: str) -> Share | None:
+        """The share with this token hash, revoked or expired ones too (the page
+        says which)."""
+
+    async def revoke_share(self, share_id: str, at: datetime) -> bool:
+        """Set ``revoked_at``; False when there is no such share or it is revoked."""
+
+    async def list_shares(self, *, vehicle_id: str | None = None) -> list[Share]:
+        """Newest first."""
+
+    # audit log
+    async def append_audit(self, entries: Sequence[AuditEntry]) -> None:
+        """Append in one transaction, in order; nothing ever updates or deletes them."""
+
+    async def audit(
+        self,
+        *,
+        actor: str | None = None,
+        vehicle_id: str | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        before: int | None = None,
+        limit: int = 100,
+    ) -> list[AuditEntry]:
+        """Newest first; ``before``: only entries with seq < before (paging)."""
+
+    # retention
+    async def delete_positions_before(self, cutoff: datetime) -> int:
+        """Delete positions whose fix_time < cutoff; return how many. PostGIS
+        drops whole monthly partitions that end on or before the cutoff and
+        deletes rows from the partition holding it."""
+
+    async def purge_vehicle_positions(self, vehicle_id: str) -> int:
+        """Delete every stored position of the vehicle; return how many."""
