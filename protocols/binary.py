@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import binascii
+
 
 def _reflected_table(poly: int) -> tuple[int, ...]:
     table = []
@@ -13,7 +15,8 @@ def _reflected_table(poly: int) -> tuple[int, ...]:
     return tuple(table)
 
 
-_X25_TABLE = _reflected_table(0x8408)  # 0x1021 bit-reversed
+# Each byte with its bits in reverse order: 0x01 <-> 0x80, 0x03 <-> 0xC0, ...
+_BIT_REVERSED = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
 
 
 def crc16_x25(data: bytes | bytearray | memoryview) -> int:
@@ -22,11 +25,10 @@ def crc16_x25(data: bytes | bytearray | memoryview) -> int:
     Polynomial 0x1021 reflected (0x8408), init 0xFFFF, output xor 0xFFFF;
     ``crc16_x25(b"123456789") == 0x906E``.
     """
-    crc = 0xFFFF
-    table = _X25_TABLE
-    for byte in data:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc ^ 0xFFFF
+    # A reflected CRC is the plain one run over bit-reversed bytes, its result reversed:
+    # binascii.crc_hqx (CRC-CCITT, 0x1021, not reflected) then does the work in C.
+    crc = binascii.crc_hqx(bytes(data).translate(_BIT_REVERSED), 0xFFFF)
+    return (_BIT_REVERSED[crc & 0xFF] << 8 | _BIT_REVERSED[crc >> 8]) ^ 0xFFFF
 
 
 _IBM_TABLE = _reflected_table(0xA001)  # 0x8005 bit-reversed
@@ -45,6 +47,33 @@ def crc16_ibm(data: bytes | bytearray | memoryview) -> int:
     return crc
 
 
+def xor_checksum(data: bytes) -> int:
+    """The XOR of all the bytes (JT/T 808's check code).
+
+    ``data`` is read as one number and folded onto itself in halves: a few big-number
+    operations rather than one per byte.
+    """
+    folded = int.from_bytes(data)
+    shift = 4 << (len(data) - 1).bit_length()  # half the bits, the length rounded up to 2**k
+    while shift >= 8:
+        folded ^= folded >> shift  # byte i takes in byte i + shift / 8 (the rest is spent)
+        shift >>= 1
+    return folded & 0xFF
+
+
 def bcd_digits(data: bytes | bytearray | memoryview) -> str:
     """Packed BCD as its digits, two per byte: ``08 64 71`` -> ``"086471"``."""
     return bytes(data).hex()
+
+
+NOT_BCD = 0xFF
+# Packed BCD byte -> its value (0x59 -> 59); NOT_BCD where a nibble is not a decimal digit.
+_BCD_VALUES = bytes(
+    (byte >> 4) * 10 + (byte & 0x0F) if byte >> 4 < 10 and byte & 0x0F < 10 else NOT_BCD
+    for byte in range(256)
+)
+
+
+def bcd_values(data: bytes) -> bytes:
+    """Each packed BCD byte's value: ``25 12 31`` -> ``bytes([25, 12, 31])``; else NOT_BCD."""
+    return data.translate(_BCD_VALUES)

@@ -26,6 +26,7 @@ alarm code, language.
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +40,9 @@ from protocols.messages import Heartbeat, Login, Message, Other, Position
 START = b"\x78\x78"
 START_EXTENDED = b"\x79\x79"
 STOP = b"\r\n"
+SERIAL_CRC = struct.Struct(">HH")
+# The GPS block: time (6), satellites, lat (4), lon (4), speed, course and flags (2).
+GPS_BLOCK = struct.Struct(">6B B I I B H")
 
 LOGIN = 0x01
 GPS = 0x10
@@ -152,13 +156,16 @@ class Gt06Codec:
 
     def frames(self, data: bytes) -> list[bytes]:
         """The framing half of ``feed``: the frames ``data`` completed, garbage skipped."""
-        buf = self._buffer
-        buf += data
+        # Nothing pending (the usual case): frame ``data`` itself; buffer only its unfinished tail.
+        buf: bytes | bytearray = data
+        if self._buffer or not isinstance(data, bytes):
+            buf = self._buffer
+            buf += data
         frames = []
         pos = 0
         try:
-            while True:
-                pos = self._skip_garbage(pos)
+            while pos < len(buf):
+                pos = self._skip_garbage(buf, pos)
                 end = frame_end(buf, pos, self._max_frame_bytes)
                 if end is None:
                     break
@@ -166,11 +173,15 @@ class Gt06Codec:
                 self._garbage_run = 0
                 pos = end
         finally:
-            del buf[:pos]
+            if buf is self._buffer:
+                del buf[:pos]
+            else:
+                self._buffer += buf[pos:]
         return frames
 
-    def _skip_garbage(self, pos: int) -> int:
-        buf = self._buffer
+    def _skip_garbage(self, buf: bytes | bytearray, pos: int) -> int:
+        if buf.startswith((START, START_EXTENDED), pos):  # the usual: a frame follows a frame
+            return pos
         starts = [i for i in (buf.find(START, pos), buf.find(START_EXTENDED, pos)) if i >= 0]
         if starts:
             start = min(starts)
@@ -257,9 +268,9 @@ def split_frame(data: bytes) -> Frame | None:
     header = 4 if data[0] == 0x79 else 3
     if len(data) < header + 7:  # TYPE, SERIAL, CRC, 0D 0A
         return None
-    crc_ok = crc16_x25(data[2:-4]) == int.from_bytes(data[-4:-2])
-    content = data[header + 1 : -6]
-    return Frame(data, data[header], content, int.from_bytes(data[-6:-4]), header == 4, crc_ok)
+    serial, crc = SERIAL_CRC.unpack_from(data, len(data) - 6)
+    crc_ok = crc16_x25(data[2:-4]) == crc
+    return Frame(data, data[header], data[header + 1 : -6], serial, header == 4, crc_ok)
 
 
 def ack(kind: int, serial: int, content: bytes = b"", *, extended: bool = False) -> bytes:
@@ -295,16 +306,17 @@ def read_fix(content: bytes) -> Fix:
     """The GPS block at the start of ``content``. Raises Dropped if implausible."""
     if len(content) < 18:
         raise Dropped("short_content")
-    year, month, day, hour, minute, second = content[:6]
+    year, month, day, hour, minute, second, satellites, lat_raw, lon_raw, speed, flags = (
+        GPS_BLOCK.unpack_from(content)
+    )
     if year > 99:
         raise Dropped("bad_time")
     try:
         fix_time = datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC)
     except ValueError:
         raise Dropped("bad_time") from None
-    lat = int.from_bytes(content[7:11]) / 1_800_000
-    lon = int.from_bytes(content[11:15]) / 1_800_000
-    flags = int.from_bytes(content[16:18])
+    lat = lat_raw / 1_800_000
+    lon = lon_raw / 1_800_000
     course = flags & 0x03FF
     if not flags & 0x0400:
         lat = -lat
@@ -314,9 +326,7 @@ def read_fix(content: bytes) -> Fix:
         raise Dropped("bad_position")
     ignition = bool(flags & 0x8000) if flags & 0x4000 else None
     valid = bool(flags & 0x1000)
-    return Fix(
-        fix_time, lat, lon, valid, float(content[15]), float(course), content[6] & 0x0F, ignition
-    )
+    return Fix(fix_time, lat, lon, valid, float(speed), float(course), satellites & 0x0F, ignition)
 
 
 def make_position(

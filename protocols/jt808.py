@@ -31,20 +31,25 @@ Location 0x0200 [G10LS 2.12]::
 
 from __future__ import annotations
 
-import operator
 import re
+import struct
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta, timezone
-from functools import partial, reduce
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache, partial
 from typing import Any, NamedTuple
 
-from protocols.binary import bcd_digits
+from protocols.binary import NOT_BCD, bcd_digits, bcd_values, xor_checksum
 from protocols.errors import ProtocolError
 from protocols.messages import Heartbeat, Login, Message, Other, Position
 
 FLAG = 0x7E
+FLAG_BYTE = bytes([FLAG])
+ID_ATTR = struct.Struct(">HH")  # MSG ID, ATTR
+# A location's basic block, as above; ALTITUDE is signed in traccar, a WORD in G10LS.
+LOCATION_BLOCK = struct.Struct(">I I I I h H H 6s")
+GENERAL_REPLY_BODY = struct.Struct(">H H B")  # the message's serial and id, result
 BAD_ESCAPE = re.compile(rb"\x7d(?![\x01\x02])")
 TEXT_START = ord("(")
 TEXT_END = ord(")")
@@ -69,7 +74,7 @@ REGISTER_REPLY = 0x8100
 LOCK_REPORT, LOCK_REPORT_BLIND = 0x5501, 0x5502
 LOCK_REPLY = 0x4401
 
-GMT8 = timezone(timedelta(hours=8))  # "GMT+8 time" [G10LS Table 16]
+GMT8_OFFSET = timedelta(hours=8)  # "GMT+8 time" [G10LS Table 16]
 
 # Alarm flags [G10LS Table 18]: bits 0, 1, 7, 8 are the standard's; 15-17 are that vendor's
 # default (traccar reads 15 as vibration and 16-17 as tampering).
@@ -78,6 +83,7 @@ ALARM_BITS = {
     15: "low_battery", 16: "vibration", 17: "removed",
 }  # fmt: skip
 STATUS_ACC, STATUS_FIX, STATUS_SOUTH, STATUS_WEST = 0, 1, 2, 3
+ITEM_KEYS = tuple(f"0x{item:02x}" for item in range(256))  # how unread items are kept
 
 
 class Frame(NamedTuple):
@@ -138,13 +144,16 @@ class Jt808Codec:
 
     def frames(self, data: bytes) -> list[bytes]:
         """The framing half of ``feed``: the wire frames ``data`` completed, garbage skipped."""
-        buf = self._buffer
-        buf += data
+        # Nothing pending (the usual case): frame ``data`` itself; buffer only its unfinished tail.
+        buf: bytes | bytearray = data
+        if self._buffer or not isinstance(data, bytes):
+            buf = self._buffer
+            buf += data
         frames = []
         pos = 0
         try:
-            while (pos := self._skip_garbage(pos)) < len(buf):
-                end = self._frame_end(pos)
+            while (pos := self._skip_garbage(buf, pos)) < len(buf):
+                end = self._frame_end(buf, pos)
                 if end is None:
                     break
                 if end == pos + 1:  # not a frame start: 7E 7E, or "(" before no sentence
@@ -155,11 +164,15 @@ class Jt808Codec:
                 self._garbage_run = 0
                 pos = end
         finally:
-            del buf[:pos]
+            if buf is self._buffer:
+                del buf[:pos]
+            else:
+                self._buffer += buf[pos:]
         return frames
 
-    def _skip_garbage(self, pos: int) -> int:
-        buf = self._buffer
+    def _skip_garbage(self, buf: bytes | bytearray, pos: int) -> int:
+        if pos == len(buf) or buf[pos] in (FLAG, TEXT_START):  # the usual: no garbage
+            return pos
         starts = [i for i in (buf.find(FLAG, pos), buf.find(TEXT_START, pos)) if i >= 0]
         start = min(starts) if starts else len(buf)
         if start > pos:
@@ -172,14 +185,13 @@ class Jt808Codec:
         if self._garbage_run > self._max_frame_bytes:
             raise ProtocolError(f"jt808: no frame in {self._garbage_run} bytes")
 
-    def _frame_end(self, start: int) -> int | None:
+    def _frame_end(self, buf: bytes | bytearray, start: int) -> int | None:
         """Where the frame at ``start`` ends; ``start + 1`` if it is none; None: need more.
 
         A frame runs from a 7E to the next one. Two flags in a row are an end and a start (a
         stream picked up mid-frame), so the first is skipped. A ``(`` starts a sentence only if
         printable bytes and ``)`` follow.
         """
-        buf = self._buffer
         if buf[start] == TEXT_START:
             limit = min(len(buf), start + MAX_TEXT_BYTES)
             match = TEXT_BODY.match(buf, start + 1, limit)
@@ -233,7 +245,8 @@ class Jt808Codec:
             self.stats["unknown_type"] += 1
             return [Other(uid, kind(frame), reply, raw_fields(frame))]
         messages, dropped = decoder(uid, frame, reply)
-        self.stats.update(dropped)
+        if dropped:
+            self.stats.update(dropped)
         return messages
 
     def _reply_to(self, frame: Frame) -> bytes | None:
@@ -282,6 +295,8 @@ class Jt808Codec:
 
 def unescape(data: bytes) -> bytes | None:
     """7D 02 -> 7E, then 7D 01 -> 7D; None if another byte follows a 7D."""
+    if 0x7D not in data:  # the usual: nothing escaped
+        return data
     if BAD_ESCAPE.search(data):
         return None
     return data.replace(b"\x7d\x02", b"\x7e").replace(b"\x7d\x01", b"\x7d")
@@ -289,10 +304,6 @@ def unescape(data: bytes) -> bytes | None:
 
 def escape(data: bytes) -> bytes:
     return data.replace(b"\x7d", b"\x7d\x01").replace(b"\x7e", b"\x7d\x02")
-
-
-def xor(data: bytes) -> int:
-    return reduce(operator.xor, data, 0)
 
 
 def split_frame(payload: bytes) -> Frame | None:
@@ -303,8 +314,7 @@ def split_frame(payload: bytes) -> Frame | None:
     """
     if len(payload) < 5:
         return None
-    msg_id = int.from_bytes(payload[0:2])
-    attr = int.from_bytes(payload[2:4])
+    msg_id, attr = ID_ATTR.unpack_from(payload)
     version = payload[4] if attr & 0x4000 else None
     at = 4 if version is None else 5
     phone_size = 6 if version is None else 10
@@ -320,7 +330,7 @@ def split_frame(payload: bytes) -> Frame | None:
     if packet_size:
         total = int.from_bytes(payload[body_at - 4 : body_at - 2])
         packet = (total, int.from_bytes(payload[body_at - 2 : body_at]))
-    crc_ok = xor(payload[:-1]) == payload[-1]
+    crc_ok = xor_checksum(payload) == 0  # the XOR byte cancels the XOR of the bytes it covers
     return Frame(msg_id, attr, version, phone, serial, packet, payload[body_at:-1], crc_ok)
 
 
@@ -334,6 +344,7 @@ def device_id(phone: bytes) -> str:
     return f"{number}{luhn_digit(number)}"
 
 
+@lru_cache(maxsize=1024)  # a connection sends the same PHONE in every frame
 def unique_id(phone: bytes) -> str:
     """The terminal id without its leading zeros: one id for the 12- and 20-digit forms."""
     return device_id(phone).lstrip("0") or "0"
@@ -362,15 +373,13 @@ def build(msg_id: int, to: Frame, serial: int, body: bytes) -> bytes:
     """A platform message to the unit of ``to``, in its header version, escaped and framed."""
     attr = len(body) | (0x4000 if to.version is not None else 0)
     version = b"" if to.version is None else bytes([to.version])
-    payload = msg_id.to_bytes(2) + attr.to_bytes(2) + version + to.phone + serial.to_bytes(2)
-    payload += body
-    return bytes([FLAG]) + escape(payload + bytes([xor(payload)])) + bytes([FLAG])
+    payload = b"".join((ID_ATTR.pack(msg_id, attr), version, to.phone, serial.to_bytes(2), body))
+    return FLAG_BYTE + escape(payload + bytes([xor_checksum(payload)])) + FLAG_BYTE
 
 
 def general_reply(to: Frame, serial: int) -> bytes:
     """0x8001: the message's serial and id, result 0 (success) [G10LS 2.2]."""
-    body = to.serial.to_bytes(2) + to.msg_id.to_bytes(2) + b"\x00"
-    return build(GENERAL_REPLY, to, serial, body)
+    return build(GENERAL_REPLY, to, serial, GENERAL_REPLY_BODY.pack(to.serial, to.msg_id, 0))
 
 
 def register_reply(to: Frame, serial: int) -> bytes:
@@ -383,45 +392,44 @@ def lock_reply(to: Frame) -> bytes:
     """Traccar's answer to E-lock reports: a 1-byte serial (always 1), message id, result 0."""
     payload = LOCK_REPLY.to_bytes(2) + b"\x00\x03" + to.phone + b"\x01"
     payload += to.msg_id.to_bytes(2) + b"\x00"
-    return bytes([FLAG]) + escape(payload + bytes([xor(payload)])) + bytes([FLAG])
+    return FLAG_BYTE + escape(payload + bytes([xor_checksum(payload)])) + FLAG_BYTE
 
 
 def read_time(data: bytes) -> datetime:
     """BCD YYMMDDhhmmss in GMT+8, as UTC."""
-    digits = data.hex()
-    if not digits.isdigit():
+    fields = bcd_values(data)
+    if NOT_BCD in fields:
         raise Dropped("bad_time")
-    year, month, day, hour, minute, second = (int(digits[i : i + 2]) for i in range(0, 12, 2))
-    try:
-        local = datetime(2000 + year, month, day, hour, minute, second, tzinfo=GMT8)
+    year, month, day, hour, minute, second = fields
+    try:  # read as UTC, then moved back by GMT+8's 8 hours: cheaper than astimezone
+        return datetime(2000 + year, month, day, hour, minute, second, tzinfo=UTC) - GMT8_OFFSET
     except ValueError:
         raise Dropped("bad_time") from None
-    return local.astimezone(UTC)
 
 
-def read_location(uid: str, body: bytes, raw: dict[str, Any]) -> Position:
+def read_location(uid: str, body: bytes, raw: dict[str, Any], reply: bytes | None) -> Position:
     """A 0x0200 body: the 28-byte basic block, then the additional items."""
     if len(body) < 28:
         raise Dropped("short_content")
-    alarm, status, lat_e6, lon_e6 = (int.from_bytes(body[i : i + 4]) for i in range(0, 16, 4))
-    altitude = int.from_bytes(body[16:18], signed=True)  # signed in traccar; a WORD in G10LS
-    speed, course = int.from_bytes(body[18:20]), int.from_bytes(body[20:22])
-    fix_time = read_time(body[22:28])
+    alarm, status, lat_e6, lon_e6, altitude, speed, course, time = LOCATION_BLOCK.unpack_from(body)
+    fix_time = read_time(time)
     lat = -lat_e6 / 1e6 if status >> STATUS_SOUTH & 1 else lat_e6 / 1e6
     lon = -lon_e6 / 1e6 if status >> STATUS_WEST & 1 else lon_e6 / 1e6
     if abs(lat) > 90 or abs(lon) > 180 or course > 360:
         raise Dropped("bad_position")
     attributes: dict[str, Any] = {"ignition": bool(status >> STATUS_ACC & 1)}
-    for bit, name in ALARM_BITS.items():
-        if alarm >> bit & 1:
-            attributes[name] = True
+    if alarm:
+        for bit, name in ALARM_BITS.items():
+            if alarm >> bit & 1:
+                attributes[name] = True
     items, satellites = read_items(body[28:], attributes)
-    raw = raw | {"alarm": alarm, "status": status}
+    raw = {**raw, "alarm": alarm, "status": status}
     if items:
         raw["items"] = items
     return Position(
         uid, fix_time, lat, lon, bool(status >> STATUS_FIX & 1), speed / 10, float(course),
         altitude_m=float(altitude), satellites=satellites, attributes=attributes, raw=raw,
+        reply=reply,
     )  # fmt: skip
 
 
@@ -434,63 +442,62 @@ def read_items(data: bytes, attributes: dict[str, Any]) -> tuple[dict[str, str],
     """
     kept: dict[str, str] = {}
     satellites = None
-    pos = 0
-    while pos + 2 <= len(data):
+    pos, end = 0, len(data)
+    while pos + 2 <= end:
         item, size = data[pos], data[pos + 1]
-        value = data[pos + 2 : pos + 2 + size]
-        pos += 2 + size
-        if len(value) < size:  # cut short: keep what is there
-            kept["truncated"] = data[pos - 2 - size :].hex()
+        start, pos = pos + 2, pos + 2 + size
+        if pos > end:  # cut short: keep what is there
+            kept["truncated"] = data[start - 2 :].hex()
             break
-        number = int.from_bytes(value)
+        value = data[start:pos]
         if item == 0x01 and size == 4:
-            attributes["odometer_m"] = number * 100.0
+            attributes["odometer_m"] = int.from_bytes(value) * 100.0
         elif item == 0x30 and size == 1:
-            attributes["gsm_signal"] = number
+            attributes["gsm_signal"] = value[0]
         elif item == 0x31 and size == 1:
-            satellites = number
+            satellites = value[0]
         elif item == 0x56 and size == 2 and value[0] <= 10:
             attributes["battery_pct"] = value[0] * 10
         elif item == 0x61 and size == 2:
-            attributes["external_power_v"] = number / 100
+            attributes["external_power_v"] = int.from_bytes(value) / 100
         else:
-            key = f"0x{item:02x}"
+            key = ITEM_KEYS[item]
             kept[key] = f"{kept[key]},{value.hex()}" if key in kept else value.hex()
     return kept, satellites
 
 
-Decoded = tuple[list[Message], Counter[str]]
+Decoded = tuple[list[Message], list[str]]  # the messages; why any data was dropped
 
 
 def decode_login(uid: str, frame: Frame, reply: bytes | None) -> Decoded:
     """Registration 0x0100 (the vehicle's details, by version: not read) and authentication
     0x0102 (the code: any is accepted, and not kept, as it is a secret)."""
-    return [Login(uid, reply, raw_fields(frame))], Counter()
+    return [Login(uid, reply, raw_fields(frame))], []
 
 
 def decode_heartbeat(uid: str, frame: Frame, reply: bytes | None) -> Decoded:
-    return [Heartbeat(uid, reply, raw=raw_fields(frame))], Counter()
+    return [Heartbeat(uid, reply, raw=raw_fields(frame))], []
 
 
 def decode_other(uid: str, frame: Frame, reply: bytes | None) -> Decoded:
     """Known, nothing to read: logout 0x0003, the terminal's general reply 0x0001."""
-    return [Other(uid, kind(frame), reply, raw_fields(frame))], Counter()
+    return [Other(uid, kind(frame), reply, raw_fields(frame))], []
 
 
 def decode_location(uid: str, frame: Frame, reply: bytes | None) -> Decoded:
     """0x0200, and 0x0201 (a location query's reply: its serial, then the location)."""
     body = frame.body[2:] if frame.msg_id == LOCATION_QUERY_REPLY else frame.body
     try:
-        position = read_location(uid, body, raw_fields(frame))
+        position = read_location(uid, body, raw_fields(frame), reply)
     except Dropped as drop:
-        return [Other(uid, kind(frame), reply, raw_fields(frame))], Counter([drop.args[0]])
-    return [replace(position, reply=reply)], Counter()
+        return [Other(uid, kind(frame), reply, raw_fields(frame))], [drop.args[0]]
+    return [position], []
 
 
 def decode_batch(uid: str, frame: Frame, reply: bytes | None) -> Decoded:
     """0x0704: count (2), type (1: re-sent from the blind area), then (length (2), 0x0200 body)*
     [G10LS 2.16]. One reply, on the last position: it means the whole batch is stored."""
-    body, dropped = frame.body, Counter[str]()
+    body, dropped = frame.body, list[str]()
     positions: list[Message] = []
     raw = raw_fields(frame) | {"batch_type": body[2] if len(body) > 2 else None}
     pos = 3
@@ -499,9 +506,9 @@ def decode_batch(uid: str, frame: Frame, reply: bytes | None) -> Decoded:
         item = body[pos + 2 : pos + 2 + size]
         pos += 2 + size
         try:
-            positions.append(read_location(uid, item, raw))
+            positions.append(read_location(uid, item, raw, None))
         except Dropped as drop:
-            dropped[drop.args[0]] += 1
+            dropped.append(drop.args[0])
     if not positions:
         return [Other(uid, kind(frame), reply, raw)], dropped
     positions[-1] = replace(positions[-1], reply=reply)
