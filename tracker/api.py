@@ -6,19 +6,16 @@ whose ``detail`` says what to fix.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import contextlib
 import dataclasses
-import hmac
 import math
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, field_validator
@@ -26,12 +23,14 @@ from starlette.exceptions import HTTPException
 
 import tracker
 from tracker import views
+from tracker.api_access import access_routes
 from tracker.api_events import rule_routes
+from tracker.api_live import serve_live
 from tracker.api_webhooks import webhook_routes
-from tracker.live import ALL
-from tracker.page import PAGE_HTML, mount_static
+from tracker.auth import Principal, Who, peer, writer
+from tracker.page import mount_static, page_html
 from tracker.rules import RuleSettings
-from tracker.store import StoredPosition, Unit, UnitConflict
+from tracker.store import StoredPosition, Unit, UnitConflict, Vehicle
 
 if TYPE_CHECKING:
     from tracker.server import Server
@@ -62,6 +61,11 @@ class VehicleIn(BaseModel):
     # Per-vehicle rule thresholds: RuleSettings field name -> value (the global
     # value applies to every field not named).
     rules: dict[str, float | int] | None = None
+    loan_state: Literal["current", "delinquent", "recovery", "closed"] = Field(
+        default="current",
+        description="set by the servicing system; recovery and viewer users see positions "
+        "only of delinquent and recovery loans (configurable)",
+    )
 
     @field_validator("units")
     @classmethod
@@ -176,15 +180,14 @@ def create_app(server: Server) -> FastAPI:
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return problem(422, _validation_detail(exc))
 
-    def require_key(request: Request) -> None:
-        header = request.headers.get("authorization", "")
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            raise HTTPException(401, "send an API key as 'Authorization: Bearer <key>'")
-        if not hmac.compare_digest(key.strip().encode(), server.admin_key.encode()):
-            raise HTTPException(401, "this API key is not valid")
+    app.state.server = server  # the auth dependencies find the server here
 
-    api = Depends(require_key)
+    def visible(principal: Principal, vehicle_id: str, *, positions: bool) -> Vehicle:
+        vehicle = server.registry.vehicle(vehicle_id)
+        if vehicle is None:
+            raise HTTPException(404, f"no vehicle {vehicle_id!r}")
+        server.access.check(principal, vehicle, positions=positions)
+        return vehicle
 
     @app.get("/healthz", tags=["server"])
     async def healthz() -> dict[str, str]:
@@ -192,9 +195,9 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
-        return Response(PAGE_HTML, media_type="text/html")
+        return Response(page_html(server.settings), media_type="text/html")
 
-    @app.get("/api/v1/server", tags=["server"], dependencies=[api])
+    @app.get("/api/v1/server", tags=["server"], dependencies=[Depends(writer)])
     async def server_info() -> dict[str, Any]:
         return {
             "version": tracker.__version__,
@@ -205,9 +208,10 @@ def create_app(server: Server) -> FastAPI:
             "register_unknown_units": server.registry.register_unknown_units,
             "live_subscribers": server.hub.subscriber_count,
             "stats": dict(sorted(server.stats.items())),
+            "retention": server.retention.last_report,
         }
 
-    @app.put("/api/v1/vehicles/{vehicle_id}", tags=["vehicles"], dependencies=[api])
+    @app.put("/api/v1/vehicles/{vehicle_id}", tags=["vehicles"], dependencies=[Depends(writer)])
     async def put_vehicle(vehicle_id: VehicleId, body: VehicleIn) -> Response:
         units = [Unit(u.unique_id, vehicle_id, u.kind, u.silent_after_s) for u in body.units]
         try:
@@ -218,33 +222,35 @@ def create_app(server: Server) -> FastAPI:
                 loan_ref=body.loan_ref,
                 units=units,
                 rules=body.rules or {},
+                loan_state=body.loan_state,
             )
         except UnitConflict as exc:
             return problem(409, str(exc))
         return ORJSONResponse(views.vehicle(vehicle), status_code=201 if created else 200)
 
-    @app.get("/api/v1/vehicles/{vehicle_id}", tags=["vehicles"], dependencies=[api])
-    async def get_vehicle(vehicle_id: VehicleId) -> dict[str, Any]:
-        vehicle = server.registry.vehicle(vehicle_id)
-        if vehicle is None:
-            raise HTTPException(404, f"no vehicle {vehicle_id!r}; create it with PUT")
-        return views.vehicle(vehicle)
+    @app.get("/api/v1/vehicles/{vehicle_id}", tags=["vehicles"])
+    async def get_vehicle(vehicle_id: VehicleId, principal: Who) -> dict[str, Any]:
+        return views.vehicle(visible(principal, vehicle_id, positions=False))
 
     @app.delete(
-        "/api/v1/vehicles/{vehicle_id}", tags=["vehicles"], dependencies=[api], status_code=204
+        "/api/v1/vehicles/{vehicle_id}",
+        tags=["vehicles"],
+        dependencies=[Depends(writer)],
+        status_code=204,
     )
     async def delete_vehicle(vehicle_id: VehicleId) -> Response:
         if not await server.registry.delete_vehicle(vehicle_id):
             raise HTTPException(404, f"no vehicle {vehicle_id!r}")
         return Response(status_code=204)
 
-    @app.get("/api/v1/vehicles", tags=["vehicles"], dependencies=[api])
+    @app.get("/api/v1/vehicles", tags=["vehicles"])
     async def list_vehicles(
+        principal: Who,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         after: Annotated[str | None, Query(max_length=128)] = None,
     ) -> dict[str, Any]:
         page = await server.store.list_vehicles(after=after, limit=limit)
-        items = [views.vehicle(v) for v in page]
+        items = [views.vehicle(v) for v in page if server.access.may_see(principal, v)]
         next_after = page[-1].vehicle_id if len(page) == limit else None
         return {"items": items, "next_after": next_after}
 
@@ -262,10 +268,12 @@ def create_app(server: Server) -> FastAPI:
         ]
         return views.location(vehicle_id, newest, units, server.clock())
 
-    @app.get("/api/v1/vehicles/{vehicle_id}/location", tags=["locations"], dependencies=[api])
-    async def vehicle_location(vehicle_id: VehicleId) -> dict[str, Any]:
-        if server.registry.vehicle(vehicle_id) is None:
-            raise HTTPException(404, f"no vehicle {vehicle_id!r}")
+    @app.get("/api/v1/vehicles/{vehicle_id}/location", tags=["locations"])
+    async def vehicle_location(
+        vehicle_id: VehicleId, principal: Who, request: Request
+    ) -> dict[str, Any]:
+        visible(principal, vehicle_id, positions=True)
+        await server.access.audit(principal.actor, "location.read", vehicle_id, peer(request))
         body = location_of(vehicle_id)
         if body is None:
             raise HTTPException(
@@ -275,32 +283,47 @@ def create_app(server: Server) -> FastAPI:
             )
         return body
 
-    @app.get("/api/v1/locations", tags=["locations"], dependencies=[api])
+    @app.get("/api/v1/locations", tags=["locations"])
     async def locations(
+        principal: Who,
+        request: Request,
         vehicle_id: Annotated[list[str] | None, Query(max_length=1000)] = None,
     ) -> dict[str, Any]:
         wanted = vehicle_id if vehicle_id else server.registry.vehicle_ids()
-        items, missing = [], []
+        items, missing, hidden = [], [], []
         for one in wanted:
+            vehicle = server.registry.vehicle(one)
+            if vehicle is not None and not server.access.may_track(principal, vehicle):
+                hidden.append(one)
+                continue
             body = location_of(one)
             if body is None:
                 missing.append(one)
             else:
                 items.append(body)
+        await server.access.audit(
+            principal.actor,
+            "locations.read",
+            None,
+            peer(request),
+            vehicles=[i["vehicle_id"] for i in items],
+        )
+        if vehicle_id:  # asked by name: say which were not allowed
+            return {"items": items, "missing": missing, "forbidden": hidden}
         return {"items": items, "missing": missing}
 
-    @app.get("/api/v1/vehicles/{vehicle_id}/track", tags=["locations"], dependencies=[api])
+    @app.get("/api/v1/vehicles/{vehicle_id}/track", tags=["locations"])
     async def track(
         vehicle_id: VehicleId,
+        principal: Who,
+        request: Request,
         from_: Annotated[datetime | None, Query(alias="from")] = None,
         to: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_TRACK_LIMIT)] = 1000,
         cursor: Annotated[str | None, Query(max_length=256)] = None,
         format: Literal["json", "geojson"] = "json",
     ) -> dict[str, Any]:
-        vehicle = server.registry.vehicle(vehicle_id)
-        if vehicle is None:
-            raise HTTPException(404, f"no vehicle {vehicle_id!r}")
+        vehicle = visible(principal, vehicle_id, positions=True)
         end = _aware(to, "to") if to else server.clock()
         start = _aware(from_, "from") if from_ else end - timedelta(days=1)
         if start >= end:
@@ -310,6 +333,15 @@ def create_app(server: Server) -> FastAPI:
             [u.unique_id for u in vehicle.units], start=start, end=end, limit=limit, after=after
         )
         next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
+        await server.access.audit(
+            principal.actor,
+            "track.read",
+            vehicle_id,
+            peer(request),
+            start=views.iso(start),
+            end=views.iso(end),
+            count=len(rows),
+        )
         if format == "geojson":
             return {
                 "type": "FeatureCollection",
@@ -331,7 +363,7 @@ def create_app(server: Server) -> FastAPI:
             "next_cursor": next_cursor,
         }
 
-    @app.get("/api/v1/units/unknown", tags=["units"], dependencies=[api])
+    @app.get("/api/v1/units/unknown", tags=["units"], dependencies=[Depends(writer)])
     async def unknown_units(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
@@ -350,79 +382,12 @@ def create_app(server: Server) -> FastAPI:
             ]
         }
 
-    app.include_router(rule_routes(server, api))
-    app.include_router(webhook_routes(server, api))
+    app.include_router(rule_routes(server))
+    app.include_router(webhook_routes(server, Depends(writer)))
+    app.include_router(access_routes(server, visible))
 
     @app.websocket("/api/v1/live")
     async def live(websocket: WebSocket) -> None:
         await serve_live(server, websocket)
 
     return app
-
-
-async def serve_live(server: Server, websocket: WebSocket) -> None:
-    """Authenticate, wait for a subscription, send a snapshot, then updates."""
-    header = websocket.headers.get("authorization", "")
-    key = header.partition(" ")[2].strip() if header.lower().startswith("bearer ") else ""
-    key = key or websocket.query_params.get("token", "")
-    if not key or not hmac.compare_digest(key.encode(), server.admin_key.encode()):
-        detail = "send a valid API key as 'Authorization: Bearer <key>' or ?token=<key>"
-        if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(problem(401, detail))
-        else:
-            await websocket.close(code=4401, reason="send a valid API key")
-        return
-    await websocket.accept()
-    try:
-        request = orjson.loads(await websocket.receive_text())
-        wanted = request.get("subscribe") if isinstance(request, dict) else None
-        if wanted == ALL:
-            vehicle_ids = None
-        elif isinstance(wanted, list) and all(isinstance(v, str) for v in wanted):
-            vehicle_ids = frozenset(wanted)
-        else:
-            await websocket.send_text(
-                '{"type":"error","detail":"send {\\"subscribe\\": '
-                '[\\"vehicle-id\\", ...]} or {\\"subscribe\\": \\"*\\"}"}'
-            )
-            await websocket.close(code=4400)
-            return
-    except (WebSocketDisconnect, orjson.JSONDecodeError):
-        return
-    subscriber = server.hub.subscribe(vehicle_ids)
-    # the client says nothing more; reading notices when it goes away
-    reader = asyncio.create_task(_drain(websocket))
-    try:
-        ids = server.registry.vehicle_ids() if vehicle_ids is None else sorted(vehicle_ids)
-        snapshot = []
-        for vehicle_id in ids:
-            vehicle = server.registry.vehicle(vehicle_id)
-            newest = server.cache.vehicle(u.unique_id for u in vehicle.units) if vehicle else None
-            if newest is not None:
-                snapshot.append(views.position(newest) | {"vehicle_id": vehicle_id})
-        snapshot_message = {"type": "snapshot", "positions": snapshot}
-        await websocket.send_text(orjson.dumps(snapshot_message).decode())
-        while not reader.done():
-            batch = asyncio.create_task(subscriber.next_batch())
-            await asyncio.wait([batch, reader], return_when=asyncio.FIRST_COMPLETED)
-            if not batch.done():
-                batch.cancel()
-                break
-            for message in batch.result():
-                await websocket.send_text(message)
-    except (WebSocketDisconnect, RuntimeError):
-        pass
-    finally:
-        server.hub.unsubscribe(subscriber)
-        reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await reader
-
-
-async def _drain(websocket: WebSocket) -> None:
-    """Read and ignore client messages until it disconnects."""
-    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return

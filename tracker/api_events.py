@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from tracker import views
+from tracker.auth import Principal, Who, who, writer
 from tracker.fences import FenceError
 from tracker.store import GeofenceRecord
 
@@ -53,8 +54,13 @@ def _aware(moment: datetime | None, name: str) -> datetime | None:
     return moment.astimezone(UTC)
 
 
-def rule_routes(server: Server, api: Any) -> APIRouter:
-    router = APIRouter(prefix="/api/v1", dependencies=[api])
+def rule_routes(server: Server) -> APIRouter:
+    router = APIRouter(prefix="/api/v1", dependencies=[Depends(who)])
+    write = [Depends(writer)]
+
+    def seen_by(principal: Principal, vehicle_id: str) -> bool:
+        vehicle = server.registry.vehicle(vehicle_id)
+        return vehicle is None or server.access.may_see(principal, vehicle)
 
     async def create(body: GeofenceIn, fence_id: str | None) -> GeofenceRecord:
         try:
@@ -70,11 +76,11 @@ def rule_routes(server: Server, api: Any) -> APIRouter:
         except FenceError as exc:
             raise HTTPException(422, str(exc)) from None
 
-    @router.post("/geofences", tags=["geofences"], status_code=201)
+    @router.post("/geofences", tags=["geofences"], status_code=201, dependencies=write)
     async def post_geofence(body: GeofenceIn) -> dict[str, Any]:
         return geofence_view(await create(body, None))
 
-    @router.put("/geofences/{fence_id}", tags=["geofences"])
+    @router.put("/geofences/{fence_id}", tags=["geofences"], dependencies=write)
     async def put_geofence(fence_id: FenceId, body: GeofenceIn) -> dict[str, Any]:
         return geofence_view(await create(body, fence_id))
 
@@ -97,7 +103,7 @@ def rule_routes(server: Server, api: Any) -> APIRouter:
             raise HTTPException(404, f"no geofence {fence_id!r}")
         return geofence_view(record)
 
-    @router.delete("/geofences/{fence_id}", tags=["geofences"], status_code=204)
+    @router.delete("/geofences/{fence_id}", tags=["geofences"], status_code=204, dependencies=write)
     async def delete_geofence(fence_id: FenceId) -> Response:
         if not await server.fences.delete(fence_id):
             raise HTTPException(404, f"no geofence {fence_id!r}")
@@ -105,6 +111,7 @@ def rule_routes(server: Server, api: Any) -> APIRouter:
 
     @router.get("/events", tags=["events"])
     async def list_events(
+        principal: Who,
         vehicle_id: str | None = None,
         type: Annotated[list[str] | None, Query(max_length=50)] = None,
         since: datetime | None = None,
@@ -121,10 +128,13 @@ def rule_routes(server: Server, api: Any) -> APIRouter:
             limit=limit,
             newest_first=order == "newest",
         )
-        return {"items": [views.event(e) for e in events]}
+        if vehicle_id is not None and not seen_by(principal, vehicle_id):
+            raise HTTPException(403, f"vehicle {vehicle_id!r} is not assigned to you")
+        return {"items": [views.event(e) for e in events if seen_by(principal, e.vehicle_id)]}
 
     @router.get("/feed/events", tags=["events"])
     async def feed(
+        principal: Who,
         after: Annotated[
             str | None,
             Query(
@@ -137,6 +147,7 @@ def rule_routes(server: Server, api: Any) -> APIRouter:
         """Every event exactly once, in order. Store ``next_cursor`` after
         processing a page and pass it as ``after``: nothing is missed or
         counted twice, across server restarts too."""
+        principal.require("admin", "servicing", "viewer")
         try:
             cursor = int(after) if after else 0
         except ValueError:
@@ -153,12 +164,12 @@ def rule_routes(server: Server, api: Any) -> APIRouter:
         }
 
     @router.get("/alerts", tags=["events"])
-    async def alerts(vehicle_id: str | None = None) -> dict[str, Any]:
+    async def alerts(principal: Who, vehicle_id: str | None = None) -> dict[str, Any]:
         """Alerts open now (the event that opened each), newest first."""
         items = [
             e
             for (vid, _), e in server.engine.open.items()
-            if vehicle_id is None or vid == vehicle_id
+            if (vehicle_id is None or vid == vehicle_id) and seen_by(principal, vid)
         ]
         items.sort(key=lambda e: e.detected_at, reverse=True)
         return {"items": [views.event(e) for e in items]}

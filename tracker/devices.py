@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from tracker.store import Store, Unit, UnknownSighting, Vehicle
+from tracker.store import LoanState, Store, Unit, UnknownSighting, Vehicle
 
 
 class Registry:
@@ -42,6 +42,11 @@ class Registry:
                 if self._units.get(unit.unique_id) == unit:
                     del self._units[unit.unique_id]
 
+    def refresh(self, vehicle: Vehicle) -> None:
+        """The store changed this vehicle outside ``put_vehicle`` (its assignees)."""
+        self._forget(vehicle.vehicle_id)
+        self._remember(vehicle)
+
     def unit_for(self, unique_id: str) -> Unit | None:
         return self._units.get(unique_id)
 
@@ -63,12 +68,19 @@ class Registry:
         loan_ref: str | None,
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
+        loan_state: LoanState = "current",
     ) -> tuple[Vehicle, bool]:
         """Create or replace a vehicle (``rules``: its threshold overrides, None
         for none) in the store, then here."""
         async with self._lock:
             vehicle, created = await self._store.put_vehicle(
-                vehicle_id, plate=plate, vin=vin, loan_ref=loan_ref, units=units, rules=rules
+                vehicle_id,
+                plate=plate,
+                vin=vin,
+                loan_ref=loan_ref,
+                units=units,
+                rules=rules,
+                loan_state=loan_state,
             )
             self._forget(vehicle_id)
             self._remember(vehicle)

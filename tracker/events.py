@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
-
 from tracker import views
 from tracker.live import Hub
 from tracker.rules import RuleEngine
@@ -137,8 +135,9 @@ class Events:
             self.stats[f"events.{event.type}"] += 1
             body = views.event(event)
             body["event_type"] = body.pop("type")
-            message = orjson.dumps({"type": "event", **body}).decode()
-            self._hub.publish(event.vehicle_id, f"event:{event.id}", message, latest=False)
+            self._hub.publish(
+                event.vehicle_id, f"event:{event.id}", {"type": "event", **body}, latest=False
+            )
         self._on_stored(stored)
 
     async def _clock_loop(self) -> None:

@@ -21,8 +21,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import orjson
-
 from protocols import Position
 from tracker import views
 from tracker.cache import LatestState
@@ -211,8 +209,8 @@ class Pipeline:
             if before is not None and before.fix_time == row.fix_time:
                 continue  # a resend of what the unit already gave us
             latest = self._cache.update(row)
-            message = orjson.dumps(views.live_position(row, latest=latest)).decode()
-            self._hub.publish(row.vehicle_id, row.unique_id, message, latest=latest)
+            body = views.live_position(row, latest=latest)
+            self._hub.publish(row.vehicle_id, row.unique_id, body, latest=latest)
         if self.observer is not None:
             try:
                 self.observer.committed(rows)

@@ -1,16 +1,25 @@
-"""In-process pub/sub for live positions: ``publish`` never awaits.
+"""In-process pub/sub for live positions and events: ``publish`` never awaits.
 
 Each message is encoded once and shared by every subscriber. A subscriber that
 falls behind keeps only the newest position per unit (coalesced), so its
 backlog is bounded by the number of units it watches, never by the rate of
-positions. Late replays of old buffered fixes (not the vehicle's newest) go
-into a small bounded queue; when it overflows, the oldest are dropped.
+positions. Late replays of old buffered fixes and events go into a small
+bounded queue; when it overflows, the oldest are dropped.
+
+Every message carries a ``cursor``. The hub keeps the last ``window``
+messages, so a client that reconnects with the cursor of the last message it
+saw gets what it missed, then live data; a cursor from before the window (or
+from before a restart: cursors name the process) gets a fresh snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections import deque
+from typing import Any
+
+import orjson
 
 ALL = "*"
 
@@ -43,9 +52,12 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self) -> None:
+    def __init__(self, *, window: int = 10_000) -> None:
         self._everything: set[Subscriber] = set()
         self._by_vehicle: dict[str, set[Subscriber]] = {}
+        self._boot = secrets.token_hex(4)
+        self._seq = 0
+        self._recent: deque[tuple[int, str, str]] = deque(maxlen=window)
 
     def subscribe(self, vehicle_ids: frozenset[str] | None) -> Subscriber:
         subscriber = Subscriber(vehicle_ids)
@@ -72,10 +84,37 @@ class Hub:
             unique |= watchers
         return len(unique)
 
-    def publish(self, vehicle_id: str, key: str, message: str, *, latest: bool = True) -> None:
-        """Offer ``message`` about ``vehicle_id`` to its watchers. Messages with
-        the same ``key`` (a unit's positions) replace each other while waiting."""
+    @property
+    def cursor(self) -> str:
+        """The cursor of the newest message (what a fresh client has seen)."""
+        return f"{self._boot}-{self._seq}"
+
+    def publish(
+        self, vehicle_id: str, key: str, body: dict[str, Any], *, latest: bool = True
+    ) -> None:
+        """Encode ``body`` once, with its cursor, and offer it to the vehicle's
+        watchers. Messages with the same ``key`` (a unit's positions) replace
+        each other while waiting."""
+        self._seq += 1
+        body["cursor"] = f"{self._boot}-{self._seq}"
+        message = orjson.dumps(body).decode()
+        self._recent.append((self._seq, vehicle_id, message))
         for subscriber in self._everything:
             subscriber.offer(key, message, latest)
         for subscriber in self._by_vehicle.get(vehicle_id, ()):
             subscriber.offer(key, message, latest)
+
+    def missed(self, cursor: str, vehicle_ids: frozenset[str] | None) -> list[str] | None:
+        """Messages after ``cursor`` for these vehicles, or None when the cursor
+        is unknown or older than the window (the client needs a snapshot)."""
+        boot, _, seq_text = cursor.partition("-")
+        if boot != self._boot or not seq_text.isdigit():
+            return None
+        seq = int(seq_text)
+        if seq > self._seq or (self._recent and seq < self._recent[0][0] - 1):
+            return None
+        return [
+            message
+            for n, vehicle_id, message in self._recent
+            if n > seq and (vehicle_ids is None or vehicle_id in vehicle_ids)
+        ]

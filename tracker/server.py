@@ -23,6 +23,8 @@ import uvicorn
 from starlette.applications import Starlette
 
 from protocols import CODECS
+from tracker.api_live import Kicks
+from tracker.auth import Access
 from tracker.cache import LatestState
 from tracker.devices import Registry
 from tracker.events import Events
@@ -30,6 +32,7 @@ from tracker.fences import Fences
 from tracker.gateway import Gateway
 from tracker.ingest import Pipeline, utcnow
 from tracker.live import Hub
+from tracker.retention import Retention
 from tracker.rules import RuleEngine
 from tracker.settings import Settings
 from tracker.store import Store, open_store
@@ -123,6 +126,22 @@ class Server:
         self.pipeline.observer = self.events
         self.fences = Fences(self.store, self.engine, clock)
         self.admin_key = admin_key(settings)
+        self.access = Access(
+            self.store,
+            self.admin_key,
+            position_loan_states=settings.position_loan_states,
+            clock=clock,
+        )
+        self.kicks = Kicks()
+        self.revoked_shares: set[str] = set()
+        self.retention = Retention(
+            self.store,
+            self.registry,
+            self.stats,
+            positions_days=settings.retention_positions_days,
+            closed_purge_days=settings.retention_closed_purge_days,
+            clock=clock,
+        )
         self.gateways = [
             Gateway(p, self.registry, self.pipeline)
             for p in settings.protocols
@@ -142,6 +161,7 @@ class Server:
         await self.fences.load()
         await self.events.start(timedelta(days=self.settings.rules.risk_window_days))
         await self.webhooks.start()
+        self.retention.start()
         self.pipeline.start()
         for gateway in self.gateways:
             await gateway.start()
@@ -166,6 +186,8 @@ class Server:
             lifespan="off",
             access_log=False,
             ws="websockets-sansio",
+            ws_ping_interval=20.0,  # keeps live sockets open behind proxies
+            ws_ping_timeout=20.0,
         )
         server = _EmbeddedUvicorn(config)
         task = asyncio.create_task(server.serve(), name=f"uvicorn-{name}")
@@ -189,6 +211,7 @@ class Server:
                 await task
         self._http.clear()
         await self.pipeline.stop()
+        await self.retention.stop()
         await self.events.stop()
         await self.webhooks.stop()
         await self.store.close()

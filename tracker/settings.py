@@ -34,6 +34,7 @@ DEFAULT_PORTS: dict[str, int] = {
     "watch": 5093,
 }
 HTTP_PROTOCOLS = frozenset({"osmand"})
+DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 
 
 class ConfigError(ValueError):
@@ -61,7 +62,12 @@ class Settings:
     batch_max_rows: int = 2000
     batch_max_delay_ms: float = 5.0
     future_limit_s: int = 86_400
+    map_tile_url: str = DEFAULT_TILE_URL  # the live map's base layer; markers work without it
     rules: RuleSettings = field(default_factory=RuleSettings)
+    # recovery and viewer users see positions only of vehicles in these loan states
+    position_loan_states: frozenset[str] = frozenset({"delinquent", "recovery"})
+    retention_positions_days: float = 180.0
+    retention_closed_purge_days: float = 30.0
     protocols: tuple[ProtocolSettings, ...] = field(
         default_factory=lambda: tuple(
             ProtocolSettings(name, port, udp=name in _udp_protocols())
@@ -133,6 +139,28 @@ def _database_url(value: Any) -> str:
     return url
 
 
+LOAN_STATES = ("current", "delinquent", "recovery", "closed")
+
+
+def _loan_states(value: Any) -> frozenset[str]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError(f"expected a list of loan states, got {value!r}")
+    states = frozenset(str(item).strip() for item in items if str(item).strip())
+    if unknown := sorted(states - set(LOAN_STATES)):
+        raise ValueError(f"unknown loan state {unknown[0]!r}; use {', '.join(LOAN_STATES)}")
+    return states
+
+
+def _tile_url(value: Any) -> str:
+    url = _str(value)
+    if any(part not in url for part in ("{z}", "{x}", "{y}")):
+        raise ValueError(f"expected a tile URL template with {{z}}, {{x}} and {{y}}, got {url!r}")
+    if not url.startswith(("https://", "http://", "/")):
+        raise ValueError(f"expected an http(s):// or /path tile URL, got {url!r}")
+    return url
+
+
 def _speed_unit(value: Any) -> str:
     unit = _str(value)
     if unit not in ("kn", "kmh", "mps", "mph"):
@@ -151,6 +179,10 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "store.batch_max_rows": _positive_int,
     "store.batch_max_delay_ms": _float,
     "filters.future_limit_s": _positive_int,
+    "map.tile_url": _tile_url,
+    "access.position_loan_states": _loan_states,
+    "retention.positions_days": _float,
+    "retention.closed_purge_days": _float,
 }
 _PROTOCOL_KEYS: dict[str, Callable[[Any], Any]] = {
     "port": _port,
@@ -259,7 +291,17 @@ def _build(values: dict[str, Any]) -> Settings:
         batch_max_rows=values.get("store.batch_max_rows", defaults.batch_max_rows),
         batch_max_delay_ms=values.get("store.batch_max_delay_ms", defaults.batch_max_delay_ms),
         future_limit_s=values.get("filters.future_limit_s", defaults.future_limit_s),
+        map_tile_url=values.get("map.tile_url", defaults.map_tile_url),
         protocols=tuple(protocols),
+        position_loan_states=values.get(
+            "access.position_loan_states", defaults.position_loan_states
+        ),
+        retention_positions_days=values.get(
+            "retention.positions_days", defaults.retention_positions_days
+        ),
+        retention_closed_purge_days=values.get(
+            "retention.closed_purge_days", defaults.retention_closed_purge_days
+        ),
         rules=RuleSettings(
             **{k.removeprefix("rules."): v for k, v in values.items() if k.startswith("rules.")}
         ),

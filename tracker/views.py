@@ -70,6 +70,9 @@ def vehicle(item: Vehicle) -> dict[str, Any]:
             for u in item.units
         ],
         "updated_at": iso(item.updated_at) if item.updated_at else None,
+        "loan_state": item.loan_state,
+        "loan_state_since": iso(item.loan_state_since) if item.loan_state_since else None,
+        "assignees": list(item.assignees),
         "rules": item.rules,
     }
 

@@ -1,7 +1,8 @@
 """The ``Store`` contract, run on both adapters: SQLite and a real PostGIS
 (the ``store`` and ``store_url`` fixtures are in ``conftest.py``).
 
-Events, geofences and webhooks: ``test_store_events.py``.
+Events, geofences and webhooks: ``test_store_events.py``; users, keys, assignees,
+shares, the audit log and retention: ``test_store_access.py``.
 """
 
 from __future__ import annotations
@@ -415,6 +416,7 @@ async def test_postgis_geometry_and_partitions(postgis_url: str) -> None:
             "0001_initial.sql",
             "0002_events.sql",
             "0003_vehicle_rules.sql",
+            "0004_access.sql",
         ]
     finally:
         await conn.close()

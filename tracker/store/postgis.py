@@ -5,7 +5,12 @@ COPYed into a per-connection staging table, then moved over with one
 ``INSERT ... SELECT`` that fills the geometry and skips every (unique_id,
 fix_time) already stored, in the table or earlier in the same batch.
 
-Events, unit liveness, geofences and webhooks are in ``postgis_events``.
+Events, unit liveness, geofences and webhooks are in ``postgis_events``; users,
+keys, assignees, share links and the audit log in ``postgis_access``.
+
+Retention drops whole monthly partitions: this process forgets them at once,
+another one finds out when an insert into such a month finds no partition, and
+creates it again.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import asyncpg
 import orjson
 
 from tracker.store.base import (
+    LoanState,
     StoredPosition,
     Unit,
     UnitConflict,
@@ -30,6 +36,7 @@ from tracker.store.base import (
     migrations_dir,
     vehicle_units,
 )
+from tracker.store.postgis_access import PostgisAccess
 from tracker.store.postgis_events import PostgisEvents
 
 if TYPE_CHECKING:
@@ -96,13 +103,19 @@ ORDER BY p.fix_time, p.unique_id
 LIMIT $4
 """
 
+# loan_state_since moves only when loan_state does (or the vehicle is new).
 UPSERT_VEHICLE = """
-INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, rules, updated_at)
-VALUES ($1, $2, $3, $4, $5, now())
+INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, rules, loan_state, loan_state_since,
+                      updated_at)
+VALUES ($1, $2, $3, $4, $5, $6, now(), now())
 ON CONFLICT (vehicle_id) DO UPDATE
 SET plate = EXCLUDED.plate, vin = EXCLUDED.vin, loan_ref = EXCLUDED.loan_ref,
-    rules = EXCLUDED.rules, updated_at = EXCLUDED.updated_at
-RETURNING updated_at, xmax = 0 AS created
+    rules = EXCLUDED.rules, updated_at = EXCLUDED.updated_at,
+    loan_state = EXCLUDED.loan_state,
+    loan_state_since = CASE WHEN vehicles.loan_state = EXCLUDED.loan_state
+                            THEN vehicles.loan_state_since
+                            ELSE EXCLUDED.loan_state_since END
+RETURNING updated_at, loan_state_since, xmax = 0 AS created
 """
 
 # A unit already installed in another vehicle is left alone and not returned.
@@ -127,13 +140,14 @@ SET protocol = EXCLUDED.protocol, remote_addr = EXCLUDED.remote_addr,
 """
 
 
-class PostgisStore(PostgisEvents):
+class PostgisStore(PostgisEvents, PostgisAccess):
     """``Store`` on PostgreSQL + PostGIS; ``url`` is a ``postgresql://`` DSN.
 
-    Events, unit liveness, geofences and webhooks: ``PostgisEvents``.
+    Events, unit liveness, geofences and webhooks: ``PostgisEvents``; users,
+    keys, assignees, shares and the audit log: ``PostgisAccess``.
 
-    Known partitions are read at ``open()`` and remembered: a process must be
-    restarted after partitions are dropped (say, by a retention job).
+    Known partitions are read at ``open()`` and remembered; one dropped by
+    another process is created again by the first insert that misses it.
     """
 
     kind = "postgis"
@@ -189,13 +203,8 @@ class PostgisStore(PostgisEvents):
         return applied
 
     async def _load_partitions(self) -> None:
-        rows = await self._pool.fetch(
-            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-            " WHERE i.inhparent = 'positions'::regclass"
-        )
-        for row in rows:
-            if match := PARTITION_NAME.fullmatch(row["relname"]):
-                self._partitions.add((int(match[1]), int(match[2])))
+        async with self._pool.acquire() as conn:
+            self._partitions |= await _partition_months(conn)
 
     # vehicles and units
 
@@ -208,13 +217,14 @@ class PostgisStore(PostgisEvents):
         loan_ref: str | None,
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
+        loan_state: LoanState = "current",
     ) -> tuple[Vehicle, bool]:
         wanted = vehicle_units(vehicle_id, units)
         wanted_rules = dict(rules or {})
         ids = [u.unique_id for u in wanted]
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                UPSERT_VEHICLE, vehicle_id, plate, vin, loan_ref, wanted_rules
+                UPSERT_VEHICLE, vehicle_id, plate, vin, loan_ref, wanted_rules, loan_state
             )
             assert row is not None
             await conn.execute(
@@ -238,7 +248,22 @@ class PostgisStore(PostgisEvents):
                     raise UnitConflict(taken, other)
                 # a registered unit is no longer an unknown one
                 await conn.execute("DELETE FROM unknown_units WHERE unique_id = ANY($1)", ids)
-        vehicle = Vehicle(vehicle_id, plate, vin, loan_ref, wanted, row["updated_at"], wanted_rules)
+            assignees = await conn.fetch(
+                "SELECT user_id FROM vehicle_assignees WHERE vehicle_id = $1 ORDER BY user_id",
+                vehicle_id,
+            )
+        vehicle = Vehicle(
+            vehicle_id,
+            plate,
+            vin,
+            loan_ref,
+            wanted,
+            row["updated_at"],
+            wanted_rules,
+            loan_state,
+            row["loan_state_since"],
+            tuple(a["user_id"] for a in assignees),
+        )
         return vehicle, row["created"]
 
     async def get_vehicle(self, vehicle_id: str) -> Vehicle | None:
@@ -257,22 +282,33 @@ class PostgisStore(PostgisEvents):
         )
 
     async def _vehicles(self, where: str, *args: Any) -> list[Vehicle]:
-        """Vehicles selected by ``where``, their units loaded in one more query."""
+        """Vehicles selected by ``where``, their units and their assignees
+        loaded in one more query each."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
             rows = await conn.fetch(
-                f"SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules FROM vehicles {where}",
+                "SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules, loan_state,"
+                f" loan_state_since FROM vehicles {where}",
                 *args,
             )
             if not rows:
                 return []
+            ids = [r["vehicle_id"] for r in rows]
             unit_rows = await conn.fetch(
                 "SELECT unique_id, vehicle_id, kind, silent_after_s FROM units"
                 " WHERE vehicle_id = ANY($1::text[]) ORDER BY unique_id",
-                [r["vehicle_id"] for r in rows],
+                ids,
+            )
+            assignee_rows = await conn.fetch(
+                "SELECT vehicle_id, user_id FROM vehicle_assignees"
+                " WHERE vehicle_id = ANY($1::text[]) ORDER BY user_id",
+                ids,
             )
         units: dict[str, list[Unit]] = {}
         for u in unit_rows:
             units.setdefault(u["vehicle_id"], []).append(Unit(*u))
+        assignees: dict[str, list[str]] = {}
+        for a in assignee_rows:
+            assignees.setdefault(a["vehicle_id"], []).append(a["user_id"])
         return [
             Vehicle(
                 r["vehicle_id"],
@@ -282,6 +318,9 @@ class PostgisStore(PostgisEvents):
                 tuple(units.get(r["vehicle_id"], ())),
                 r["updated_at"],
                 r["rules"],
+                r["loan_state"],
+                r["loan_state_since"],
+                tuple(assignees.get(r["vehicle_id"], ())),
             )
             for r in rows
         ]
@@ -304,15 +343,25 @@ class PostgisStore(PostgisEvents):
              p.attributes)
             for p in rows
         ]  # fmt: skip
+        try:
+            status = await self._insert(records, months)
+        except asyncpg.CheckViolationError as exc:
+            if "no partition" not in str(exc):
+                raise
+            # a month this process knew of was dropped (by another's retention run)
+            months = {_month(p.fix_time) for p in rows}
+            status = await self._insert(records, months)
+        self._partitions |= months  # only once committed
+        return _row_count(status)
+
+    async def _insert(self, records: list[tuple[Any, ...]], months: set[tuple[int, int]]) -> str:
         async with self._pool.acquire() as conn, conn.transaction():
             if months:
                 await _create_partitions(conn, months)
             await conn.copy_records_to_table(
                 "positions_staging", records=records, columns=STAGING_COLUMNS
             )
-            status = await conn.execute(INSERT_FROM_STAGING)
-        self._partitions |= months  # only once committed
-        return _row_count(status)
+            return await conn.execute(INSERT_FROM_STAGING)
 
     async def latest_positions(self) -> list[StoredPosition]:
         return [StoredPosition(*r) for r in await self._pool.fetch(LATEST)]
@@ -353,6 +402,39 @@ class PostgisStore(PostgisEvents):
         )
         return [UnknownUnit(*r) for r in rows]
 
+    # retention
+
+    async def delete_positions_before(self, cutoff: datetime) -> int:
+        if cutoff.tzinfo is None:
+            cutoff = cutoff.astimezone(UTC)  # local time, as asyncpg takes it
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                months = await _partition_months(conn)
+                old = sorted(m for m in months if _month_end(m) <= cutoff)
+                # Counted first, then dropped: DROP locks the whole positions table
+                # (every insert waits) until commit, so the counts run before it.
+                # A fix stored into such a month between its count and its drop
+                # goes uncounted: no fix that old arrives in practice.
+                dropped = 0
+                for year, month in old:
+                    dropped += await conn.fetchval(
+                        f"SELECT count(*) FROM positions_y{year:04d}m{month:02d}"
+                    )
+                for year, month in old:
+                    await conn.execute(f"DROP TABLE IF EXISTS positions_y{year:04d}m{month:02d}")
+            self._partitions -= set(old)  # only once committed
+            # The month holding the cutoff (pruning skips every other partition),
+            # apart from the drops: inserts do not wait on this delete. Each step
+            # is safe to run again if the other fails.
+            status = await conn.execute("DELETE FROM positions WHERE fix_time < $1", cutoff)
+        return dropped + _row_count(status)
+
+    async def purge_vehicle_positions(self, vehicle_id: str) -> int:
+        # No index on positions.vehicle_id (ingest pays for every index, and only
+        # this rare admin job would use it): the delete scans every partition.
+        status = await self._pool.execute("DELETE FROM positions WHERE vehicle_id = $1", vehicle_id)
+        return _row_count(status)
+
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     # jsonb's binary form is a version byte (1) then the JSON text.
@@ -366,13 +448,26 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
     await conn.execute(CREATE_STAGING)
 
 
+async def _partition_months(conn: PoolConnectionProxy[asyncpg.Record]) -> set[tuple[int, int]]:
+    """(year, month) of every partition of positions, as the catalog has them now."""
+    rows = await conn.fetch(
+        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        " WHERE i.inhparent = 'positions'::regclass"
+    )
+    months = set()
+    for row in rows:
+        if match := PARTITION_NAME.fullmatch(row["relname"]):
+            months.add((int(match[1]), int(match[2])))
+    return months
+
+
 async def _create_partitions(
     conn: PoolConnectionProxy[asyncpg.Record], months: set[tuple[int, int]]
 ) -> None:
     await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
     for year, month in sorted(months):
         start = datetime(year, month, 1, tzinfo=UTC)
-        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+        end = _month_end((year, month))
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS positions_y{year:04d}m{month:02d}"
             f" PARTITION OF positions FOR VALUES FROM ('{start.isoformat()}')"
@@ -383,6 +478,12 @@ async def _create_partitions(
 def _month(fix_time: datetime) -> tuple[int, int]:
     utc = fix_time.astimezone(UTC)
     return utc.year, utc.month
+
+
+def _month_end(month: tuple[int, int]) -> datetime:
+    """Where the partition of (year, month) ends: the first of the next month, UTC."""
+    year, number = month
+    return datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
 
 
 def _row_count(status: str) -> int:

@@ -7,7 +7,8 @@ never waits on the disk and no two calls interleave. WAL with
 
 Times are stored as unix microseconds (UTC), attributes as JSON text
 (``sqlite_codec``). Events, unit liveness, geofences and webhooks are in
-``sqlite_events``.
+``sqlite_events``; users, keys, assignees, share links and the audit log in
+``sqlite_access``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 import orjson
 
 from tracker.store.base import (
+    LoanState,
     StoredPosition,
     Unit,
     UnitConflict,
@@ -34,7 +36,8 @@ from tracker.store.base import (
     migrations_dir,
     vehicle_units,
 )
-from tracker.store.sqlite_codec import from_us, json_text, to_us
+from tracker.store.sqlite_access import AccessDb, SqliteAccess
+from tracker.store.sqlite_codec import from_us, from_us_or_none, json_text, to_us
 from tracker.store.sqlite_events import EventsDb, SqliteEvents
 
 P = ParamSpec("P")
@@ -72,7 +75,7 @@ SET protocol = excluded.protocol, remote_addr = excluded.remote_addr,
 """
 
 
-class SqliteStore(SqliteEvents):
+class SqliteStore(SqliteEvents, SqliteAccess):
     """``Store`` on SQLite. ``url``: ``sqlite:///relative/path.db``,
     ``sqlite:////absolute/path.db`` or ``sqlite:///:memory:``."""
 
@@ -127,10 +130,11 @@ class SqliteStore(SqliteEvents):
         loan_ref: str | None,
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
+        loan_state: LoanState = "current",
     ) -> tuple[Vehicle, bool]:
         db, wanted_rules = self._db, dict(rules or {})
         return await self._run(
-            db.put_vehicle, vehicle_id, plate, vin, loan_ref, units, wanted_rules
+            db.put_vehicle, vehicle_id, plate, vin, loan_ref, units, wanted_rules, loan_state
         )
 
     async def get_vehicle(self, vehicle_id: str) -> Vehicle | None:
@@ -178,8 +182,14 @@ class SqliteStore(SqliteEvents):
     async def unknown_units(self, *, limit: int) -> list[UnknownUnit]:
         return await self._run(self._db.unknown_units, max(limit, 0))
 
+    async def delete_positions_before(self, cutoff: datetime) -> int:
+        return await self._run(self._db.delete_positions, "fix_time < ?", to_us(cutoff))
 
-class SqliteDb(EventsDb):
+    async def purge_vehicle_positions(self, vehicle_id: str) -> int:
+        return await self._run(self._db.delete_positions, "vehicle_id = ?", vehicle_id)
+
+
+class SqliteDb(EventsDb, AccessDb):
     """The blocking adapter: one connection, used from one thread only."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -244,6 +254,7 @@ class SqliteDb(EventsDb):
         loan_ref: str | None,
         units: Sequence[Unit],
         rules: dict[str, Any],
+        loan_state: LoanState,
     ) -> tuple[Vehicle, bool]:
         wanted = vehicle_units(vehicle_id, units)
         now = to_us(datetime.now(UTC))
@@ -254,15 +265,21 @@ class SqliteDb(EventsDb):
                 ).fetchone()
                 if row is not None and row[0] != vehicle_id:
                     raise UnitConflict(unit.unique_id, row[0])
-            created = (
-                conn.execute("SELECT 1 FROM vehicles WHERE vehicle_id = ?", (vehicle_id,))
-            ).fetchone() is None
+            old = conn.execute(
+                "SELECT loan_state, loan_state_since FROM vehicles WHERE vehicle_id = ?",
+                (vehicle_id,),
+            ).fetchone()
+            created = old is None
+            # loan_state_since moves only when loan_state does (or the vehicle is new)
+            since = now if old is None or old[0] != loan_state else old[1]
             conn.execute(
-                "INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, updated_at, rules)"
-                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vehicle_id) DO UPDATE"
+                "INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, updated_at, rules,"
+                " loan_state, loan_state_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (vehicle_id) DO UPDATE"
                 " SET plate = excluded.plate, vin = excluded.vin, loan_ref = excluded.loan_ref,"
-                " updated_at = excluded.updated_at, rules = excluded.rules",
-                (vehicle_id, plate, vin, loan_ref, now, json_text(rules)),
+                " updated_at = excluded.updated_at, rules = excluded.rules,"
+                " loan_state = excluded.loan_state, loan_state_since = excluded.loan_state_since",
+                (vehicle_id, plate, vin, loan_ref, now, json_text(rules), loan_state, since),
             )
             conn.execute(
                 "DELETE FROM units WHERE vehicle_id = ?"
@@ -279,14 +296,31 @@ class SqliteDb(EventsDb):
             conn.executemany(
                 "DELETE FROM unknown_units WHERE unique_id = ?", [(u.unique_id,) for u in wanted]
             )
-        vehicle = Vehicle(vehicle_id, plate, vin, loan_ref, wanted, from_us(now), rules)
+            assignees = conn.execute(
+                "SELECT user_id FROM vehicle_assignees WHERE vehicle_id = ? ORDER BY user_id",
+                (vehicle_id,),
+            ).fetchall()
+        vehicle = Vehicle(
+            vehicle_id,
+            plate,
+            vin,
+            loan_ref,
+            wanted,
+            from_us(now),
+            rules,
+            loan_state,
+            from_us_or_none(since),
+            tuple(user_id for (user_id,) in assignees),
+        )
         return vehicle, created
 
     def vehicles(self, where: str, *args: Any) -> list[Vehicle]:
-        """Vehicles selected by ``where``, their units loaded in one more query."""
-        with self.transaction("BEGIN") as conn:  # one snapshot for both reads
+        """Vehicles selected by ``where``, their units and their assignees
+        loaded in one more query each."""
+        with self.transaction("BEGIN") as conn:  # one snapshot for every read
             rows = conn.execute(
-                f"SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules FROM vehicles {where}",
+                "SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules, loan_state,"
+                f" loan_state_since FROM vehicles {where}",
                 args,
             ).fetchall()
             ids = orjson.dumps([r[0] for r in rows]).decode()
@@ -295,9 +329,17 @@ class SqliteDb(EventsDb):
                 " WHERE vehicle_id IN (SELECT value FROM json_each(?)) ORDER BY unique_id",
                 (ids,),
             ).fetchall()
+            assignee_rows = conn.execute(
+                "SELECT vehicle_id, user_id FROM vehicle_assignees"
+                " WHERE vehicle_id IN (SELECT value FROM json_each(?)) ORDER BY user_id",
+                (ids,),
+            ).fetchall()
         units: dict[str, list[Unit]] = {}
         for u in unit_rows:
             units.setdefault(u[1], []).append(Unit(*u))
+        assignees: dict[str, list[str]] = {}
+        for vid, user_id in assignee_rows:
+            assignees.setdefault(vid, []).append(user_id)
         return [
             Vehicle(
                 vid,
@@ -307,8 +349,11 @@ class SqliteDb(EventsDb):
                 tuple(units.get(vid, ())),
                 from_us(updated_at),
                 orjson.loads(rules),
+                loan_state,
+                from_us_or_none(since),
+                tuple(assignees.get(vid, ())),
             )
-            for vid, plate, vin, loan_ref, updated_at, rules in rows
+            for vid, plate, vin, loan_ref, updated_at, rules, loan_state, since in rows
         ]
 
     def delete_vehicle(self, vehicle_id: str) -> bool:
@@ -365,6 +410,12 @@ class SqliteDb(EventsDb):
         ]
         with self.transaction() as conn:
             conn.executemany(UPSERT_UNKNOWN, params)
+
+    def delete_positions(self, where: str, value: Any) -> int:
+        """Retention. No index on fix_time or vehicle_id (inserts would pay for
+        it): the delete scans the table, fine for an hourly or admin job."""
+        with self.transaction() as conn:
+            return conn.execute(f"DELETE FROM positions WHERE {where}", (value,)).rowcount
 
     def unknown_units(self, limit: int) -> list[UnknownUnit]:
         rows = self.conn.execute(

@@ -1,0 +1,267 @@
+"""Who may see what, over real HTTP and websockets: roles, assignees, loan-state
+gating, share links, the audit log and retention."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tracker.server import Server
+from tracker.simulate import gt06_location, gt06_login
+
+from .conftest import ServerFactory
+from .test_position_path import ack, unit_connection
+from .test_rules_e2e import Clock
+
+pytestmark = pytest.mark.e2e
+
+NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+IMEIS = {"car-a": "860000000000001", "car-b": "860000000000002"}
+
+
+@pytest.fixture
+async def clock() -> Clock:
+    return Clock(NOW)
+
+
+@pytest.fixture
+async def world(make_server: ServerFactory, clock: Clock) -> AsyncIterator[dict[str, Any]]:
+    """Two delinquent cars with positions, and a key for each role."""
+    server = await make_server(clock=clock)
+    base = f"http://127.0.0.1:{server.ports['http']}"
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": "Bearer e2e-admin-key"}, timeout=10
+    ) as admin:
+        for vehicle_id, imei in IMEIS.items():
+            response = await admin.put(
+                f"/api/v1/vehicles/{vehicle_id}",
+                json={
+                    "plate": vehicle_id.upper(),
+                    "loan_state": "delinquent",
+                    "units": [{"unique_id": imei}],
+                },
+            )
+            assert response.status_code == 201, response.text
+            async with unit_connection(server) as unit:
+                await unit.send(gt06_login(imei))
+                fix = gt06_location(NOW - timedelta(minutes=10), -6.2, 106.8, serial=2)
+                assert await unit.send(fix) == ack(0x22, 2)
+        keys = {}
+        for role in ("servicing", "recovery", "viewer"):
+            user = (await admin.post("/api/v1/users", json={"name": role, "role": role})).json()
+            key = (await admin.post(f"/api/v1/users/{user['id']}/keys")).json()
+            keys[role] = {"user": user["id"], "key": key["key"], "key_id": key["id"]}
+        assigned = await admin.put(
+            "/api/v1/vehicles/car-a/assignees", json=[keys["recovery"]["user"]]
+        )
+        assert assigned.json()["assignees"] == [keys["recovery"]["user"]]
+        clients = {
+            role: httpx.AsyncClient(
+                base_url=base, timeout=10, headers={"Authorization": f"Bearer {k['key']}"}
+            )
+            for role, k in keys.items()
+        }
+        try:
+            yield {"server": server, "admin": admin, "keys": keys, **clients}
+        finally:
+            for client in clients.values():
+                await client.aclose()
+
+
+async def test_roles_draw_the_lines(world: dict[str, Any]) -> None:
+    recovery, viewer, servicing = world["recovery"], world["viewer"], world["servicing"]
+    # recovery: only its assigned car
+    assert (await recovery.get("/api/v1/vehicles/car-a/location")).status_code == 200
+    denied = await recovery.get("/api/v1/vehicles/car-b/location")
+    assert denied.status_code == 403
+    assert "not assigned" in denied.json()["detail"]
+    listed = (await recovery.get("/api/v1/vehicles")).json()["items"]
+    assert [v["vehicle_id"] for v in listed] == ["car-a"]
+    assert (await recovery.put("/api/v1/vehicles/car-a", json={})).status_code == 403
+    # viewer: read-only, every car
+    assert (await viewer.get("/api/v1/vehicles/car-b/location")).status_code == 200
+    assert (await viewer.put("/api/v1/vehicles/car-c", json={})).status_code == 403
+    assert (await viewer.post("/api/v1/geofences", json={})).status_code == 403
+    # servicing: the integration, not the people
+    assert (await servicing.put("/api/v1/vehicles/car-c", json={})).status_code == 201
+    assert (
+        await servicing.post("/api/v1/users", json={"name": "x", "role": "admin"})
+    ).status_code == 403
+    assert (await servicing.get("/api/v1/audit")).status_code == 403
+    # a revoked key stops working at once
+    keys = world["keys"]
+    gone = await world["admin"].delete(
+        f"/api/v1/users/{keys['viewer']['user']}/keys/{keys['viewer']['key_id']}"
+    )
+    assert gone.status_code == 204
+    assert (await viewer.get("/api/v1/vehicles")).status_code == 401
+
+
+async def test_positions_only_for_delinquent_and_recovery_loans(world: dict[str, Any]) -> None:
+    admin, recovery, viewer = world["admin"], world["recovery"], world["viewer"]
+    await admin.put(
+        "/api/v1/vehicles/car-a",
+        json={"loan_state": "current", "units": [{"unique_id": IMEIS["car-a"]}]},
+    )
+    for client in (recovery, viewer):
+        gated = await client.get("/api/v1/vehicles/car-a/location")
+        assert gated.status_code == 403
+        assert "'current'" in gated.json()["detail"]
+        assert (await client.get("/api/v1/vehicles/car-a/track")).status_code == 403
+    assert (await recovery.get("/api/v1/vehicles/car-a")).json()["loan_state"] == "current"
+    assert (await world["servicing"].get("/api/v1/vehicles/car-a/location")).status_code == 200
+    everything = (await viewer.get("/api/v1/locations")).json()
+    assert [i["vehicle_id"] for i in everything["items"]] == ["car-b"]
+
+
+async def test_every_read_is_audited(world: dict[str, Any]) -> None:
+    recovery, admin = world["recovery"], world["admin"]
+    await recovery.get("/api/v1/vehicles/car-a/location")
+    await recovery.get("/api/v1/vehicles/car-a/track")
+    entries = (
+        await admin.get("/api/v1/audit", params={"actor": world["keys"]["recovery"]["user"]})
+    ).json()["items"]
+    assert [(e["action"], e["vehicle_id"]) for e in entries] == [
+        ("track.read", "car-a"),
+        ("location.read", "car-a"),
+    ]
+    assert entries[0]["remote_addr"].startswith("127.0.0.1:")
+    assert entries[0]["at"] == "2026-11-29T12:00:00Z"
+    by_vehicle = (await admin.get("/api/v1/audit", params={"vehicle_id": "car-b"})).json()
+    assert by_vehicle["items"] == []
+
+
+async def test_share_link_shows_one_vehicle_until_revoked(world: dict[str, Any]) -> None:
+    server: Server = world["server"]
+    recovery = world["recovery"]
+    created = await recovery.post(
+        "/api/v1/shares", json={"vehicle_id": "car-a", "expires_in_s": 3600, "history_h": 1}
+    )
+    assert created.status_code == 201, created.text
+    share = created.json()
+    assert share["url"].endswith(f"/share/{share['token']}")
+    assert share["expires_at"] == "2026-11-29T13:00:00Z"
+    denied = await recovery.post("/api/v1/shares", json={"vehicle_id": "car-b"})
+    assert denied.status_code == 403
+
+    base = f"http://127.0.0.1:{server.ports['http']}"
+    async with httpx.AsyncClient(base_url=base) as outsider:
+        page = await outsider.get(f"/share/{share['token']}")
+        assert page.status_code == 200
+        data = (await outsider.get(f"/share/{share['token']}/data")).json()
+        assert data["vehicle"]["vehicle_id"] == "car-a"
+        assert data["seconds_left"] == 3600
+        assert len(data["history"]) == 1
+        assert data["position"]["lat"] == pytest.approx(-6.2)
+        # the token is not an API key
+        token_as_key = await outsider.get(
+            "/api/v1/vehicles/car-b/location", headers={"Authorization": f"Bearer {share['token']}"}
+        )
+        assert token_as_key.status_code == 401
+
+        url = f"ws://127.0.0.1:{server.ports['http']}/api/v1/live?share={share['token']}"
+        async with connect(url) as ws:
+            snapshot = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert [p["vehicle_id"] for p in snapshot["positions"]] == ["car-a"]
+            revoked = await world["admin"].delete(f"/api/v1/shares/{share['id']}")
+            assert revoked.status_code == 204
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 2)  # at once, not at the next position
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4410
+        gone = await outsider.get(f"/share/{share['token']}/data")
+        assert gone.status_code == 410
+        assert "revoked" in gone.json()["detail"]
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url):
+                pass
+        assert refused.value.response.status_code == 410
+
+    actions = [
+        e["action"]
+        for e in (await world["admin"].get("/api/v1/audit", params={"vehicle_id": "car-a"})).json()[
+            "items"
+        ]
+    ]
+    assert {"share.create", "share.use", "share.live", "share.revoke"} <= set(actions)
+
+
+async def test_expired_share_link_says_so(world: dict[str, Any], clock: Clock) -> None:
+    share = (
+        await world["servicing"].post(
+            "/api/v1/shares", json={"vehicle_id": "car-b", "expires_in_s": 60}
+        )
+    ).json()
+    too_long = await world["servicing"].post(
+        "/api/v1/shares", json={"vehicle_id": "car-b", "expires_in_s": 8 * 86_400}
+    )
+    assert too_long.status_code == 422
+    clock.advance(seconds=61)
+    server: Server = world["server"]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.ports['http']}") as web:
+        expired = await web.get(f"/share/{share['token']}/data")
+    assert expired.status_code == 410
+    assert "expired" in expired.json()["detail"]
+
+
+async def test_live_subscription_is_limited_and_audited(world: dict[str, Any]) -> None:
+    server: Server = world["server"]
+    key = world["keys"]["recovery"]["key"]
+    url = f"ws://127.0.0.1:{server.ports['http']}/api/v1/live?token={key}"
+    async with connect(url) as ws:
+        await ws.send('{"subscribe": ["car-b"]}')
+        error = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert error == {"type": "error", "detail": "not allowed to watch: car-b"}
+    async with connect(url) as ws:
+        await ws.send('{"subscribe": "*"}')
+        snapshot = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert [p["vehicle_id"] for p in snapshot["positions"]] == ["car-a"]
+        cursor = snapshot["cursor"]
+    async with unit_connection(server) as unit:  # car-a moves while nobody watches
+        await unit.send(gt06_login(IMEIS["car-a"]))
+        fix = gt06_location(NOW - timedelta(minutes=5), -6.21, 106.8, serial=3)
+        assert await unit.send(fix) == ack(0x22, 3)
+    async with connect(url) as ws:  # reconnect with the cursor: what was missed, no snapshot
+        await ws.send(orjson.dumps({"subscribe": "*", "cursor": cursor}).decode())
+        missed = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert missed["type"] == "position"
+        assert missed["lat"] == pytest.approx(-6.21)
+    actions = [
+        e["action"]
+        for e in (
+            await world["admin"].get(
+                "/api/v1/audit", params={"actor": world["keys"]["recovery"]["user"]}
+            )
+        ).json()["items"]
+    ]
+    assert actions.count("live.subscribe") == 2  # the refused one is not a read
+
+
+async def test_retention_deletes_old_positions_and_purges_closed_loans(
+    world: dict[str, Any], clock: Clock
+) -> None:
+    admin = world["admin"]
+    await admin.put(
+        "/api/v1/vehicles/car-b",
+        json={"loan_state": "closed", "units": [{"unique_id": IMEIS["car-b"]}]},
+    )
+    report = (await admin.post("/api/v1/retention/run")).json()
+    assert report["positions_deleted"] == 0
+    assert report["closed_loans_purged"] == {}  # closed today: kept for 30 days
+    clock.advance(days=31)
+    report = (await admin.post("/api/v1/retention/run")).json()
+    assert report["closed_loans_purged"] == {"car-b": 1}
+    clock.advance(days=180)
+    report = (await admin.post("/api/v1/retention/run")).json()
+    assert report["positions_deleted"] == 1  # car-a's fix, now over 180 days old
+    stats = (await admin.get("/api/v1/server")).json()
+    assert stats["retention"]["positions_deleted"] == 1
+    assert stats["stats"]["retention.closed_loan_positions_purged"] == 1

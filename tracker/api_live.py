@@ -1,0 +1,238 @@
+"""The live websocket, ``/api/v1/live``.
+
+Authenticate with an API key (``Authorization: Bearer`` or ``?token=``) and
+send ``{"subscribe": [...] | "*", "cursor": "..."}``; or open it with
+``?share=TOKEN`` (a share link: that one vehicle, no message needed). The
+client gets a snapshot (or, with the cursor of the last message it saw and
+within the hub's window, just what it missed), then one message per stored
+position and event. uvicorn pings every 20 s, so proxies keep it open.
+
+Access is re-checked while it runs: a revoked key closes it with 4401, a
+revoked or expired share with 4410 (at once, not at the next message), and a
+vehicle whose loan state no longer allows positions drops out of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import WebSocket, WebSocketDisconnect
+
+from tracker import views
+from tracker.auth import Principal, hash_secret
+from tracker.live import ALL
+from tracker.store import Share
+
+if TYPE_CHECKING:
+    from tracker.server import Server
+
+RECHECK_S = 5.0
+CLOSE_BAD_KEY, CLOSE_GONE, CLOSE_FORBIDDEN, CLOSE_BAD_REQUEST = 4401, 4410, 4403, 4400
+
+
+class Kicks:
+    """Open sockets by what lets them in (a key id, a share id), so revoking
+    one closes them at once."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def watch(self, tag: str) -> Any:
+        event = asyncio.Event()
+        self._waiting.setdefault(tag, set()).add(event)
+        try:
+            yield event
+        finally:
+            waiting = self._waiting.get(tag, set())
+            waiting.discard(event)
+            if not waiting:
+                self._waiting.pop(tag, None)
+
+    def kick(self, tag: str) -> None:
+        for event in self._waiting.get(tag, ()):
+            event.set()
+
+
+async def _refuse(websocket: WebSocket, status: int, detail: str, code: int) -> None:
+    from tracker.api import problem
+
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(problem(status, detail))
+    else:
+        await websocket.close(code=code, reason=detail[:100])
+
+
+def _snapshot(server: Server, vehicle_ids: Iterable[str]) -> dict[str, Any]:
+    positions = []
+    for vehicle_id in vehicle_ids:
+        vehicle = server.registry.vehicle(vehicle_id)
+        newest = server.cache.vehicle(u.unique_id for u in vehicle.units) if vehicle else None
+        if newest is not None:
+            positions.append(views.position(newest) | {"vehicle_id": vehicle_id})
+    return {"type": "snapshot", "positions": positions, "cursor": server.hub.cursor}
+
+
+def _allowed(
+    server: Server, principal: Principal, wanted: frozenset[str] | None
+) -> frozenset[str] | None:
+    """The vehicles this principal may watch of those wanted (None: all, unrestricted)."""
+    if principal.role in ("admin", "servicing"):
+        return wanted
+    candidates = wanted if wanted is not None else frozenset(server.registry.vehicle_ids())
+    return frozenset(
+        v
+        for v in candidates
+        if (vehicle := server.registry.vehicle(v)) and server.access.may_track(principal, vehicle)
+    )
+
+
+async def serve_live(server: Server, websocket: WebSocket) -> None:
+    peer = f"{websocket.client.host}:{websocket.client.port}" if websocket.client else "?"
+    token = websocket.query_params.get("share")
+    if token:
+        share = await server.store.share_by_hash(hash_secret(token))
+        if share is None:
+            await _refuse(websocket, 404, "no such share link", CLOSE_GONE)
+            return
+        if (why := server.access.share_state(share)) is not None:
+            await _refuse(websocket, 410, f"this share link is {why}", CLOSE_GONE)
+            return
+        await websocket.accept()
+        await server.access.audit(f"share:{share.id}", "share.live", share.vehicle_id, peer)
+        await _stream(server, websocket, frozenset({share.vehicle_id}), None, share=share)
+        return
+
+    header = websocket.headers.get("authorization", "")
+    key = header.partition(" ")[2].strip() if header.lower().startswith("bearer ") else ""
+    key = key or websocket.query_params.get("token", "")
+    principal = await server.access.principal(key) if key else None
+    if principal is None:
+        detail = "send a valid API key as 'Authorization: Bearer <key>' or ?token=<key>"
+        await _refuse(websocket, 401, detail, CLOSE_BAD_KEY)
+        return
+    await websocket.accept()
+    try:
+        request = orjson.loads(await websocket.receive_text())
+    except (WebSocketDisconnect, orjson.JSONDecodeError):
+        return
+    wanted = request.get("subscribe") if isinstance(request, dict) else None
+    cursor = request.get("cursor") if isinstance(request, dict) else None
+    if wanted == ALL:
+        vehicle_ids: frozenset[str] | None = None
+    elif isinstance(wanted, list) and all(isinstance(v, str) for v in wanted):
+        vehicle_ids = frozenset(wanted)
+    else:
+        await _error(
+            websocket,
+            'send {"subscribe": ["vehicle-id", ...]} or {"subscribe": "*"}',
+            CLOSE_BAD_REQUEST,
+        )
+        return
+    allowed = _allowed(server, principal, vehicle_ids)
+    if vehicle_ids is not None and allowed is not None and allowed != vehicle_ids:
+        hidden = ", ".join(sorted(vehicle_ids - allowed))
+        await _error(websocket, f"not allowed to watch: {hidden}", CLOSE_FORBIDDEN)
+        return
+    await server.access.audit(
+        principal.actor,
+        "live.subscribe",
+        None,
+        peer,
+        vehicles=sorted(vehicle_ids) if vehicle_ids is not None else ALL,
+    )
+    await _stream(
+        server,
+        websocket,
+        allowed,
+        cursor if isinstance(cursor, str) else None,
+        principal=principal,
+        wanted=vehicle_ids,
+    )
+
+
+async def _error(websocket: WebSocket, detail: str, code: int) -> None:
+    await websocket.send_text(orjson.dumps({"type": "error", "detail": detail}).decode())
+    await websocket.close(code=code)
+
+
+async def _stream(
+    server: Server,
+    websocket: WebSocket,
+    vehicle_ids: frozenset[str] | None,
+    cursor: str | None,
+    *,
+    principal: Principal | None = None,
+    wanted: frozenset[str] | None = None,
+    share: Share | None = None,
+) -> None:
+    subscriber = server.hub.subscribe(vehicle_ids)
+    reader = asyncio.create_task(_drain(websocket))
+    tag = f"share:{share.id}" if share else f"key:{principal.key_id if principal else ''}"
+    try:
+        with server.kicks.watch(tag) as kicked:
+            missed = server.hub.missed(cursor, vehicle_ids) if cursor else None
+            if missed is None:
+                ids = server.registry.vehicle_ids() if vehicle_ids is None else sorted(vehicle_ids)
+                await websocket.send_text(orjson.dumps(_snapshot(server, ids)).decode())
+            for message in missed or ():
+                await websocket.send_text(message)
+            while not reader.done():
+                batch = asyncio.create_task(subscriber.next_batch())
+                kick = asyncio.create_task(kicked.wait())
+                timeout = RECHECK_S
+                if share is not None:  # close when it expires, not up to RECHECK_S later
+                    left = (share.expires_at - server.clock()).total_seconds()
+                    timeout = max(0.0, min(timeout, left))
+                await asyncio.wait(
+                    [batch, reader, kick], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                kick.cancel()
+                if not batch.done():
+                    batch.cancel()
+                else:
+                    for message in batch.result():
+                        await websocket.send_text(message)
+                if reader.done():
+                    break
+                if (code := _revoked(server, principal, share, server.clock())) is not None:
+                    await websocket.close(code=code)
+                    break
+                if principal is not None and principal.role not in ("admin", "servicing"):
+                    now_allowed = _allowed(server, principal, wanted)
+                    if now_allowed != vehicle_ids:  # loan state or assignment changed
+                        server.hub.unsubscribe(subscriber)
+                        vehicle_ids = now_allowed
+                        subscriber = server.hub.subscribe(vehicle_ids)
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        server.hub.unsubscribe(subscriber)
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await reader
+
+
+def _revoked(
+    server: Server, principal: Principal | None, share: Share | None, now: datetime
+) -> int | None:
+    if share is not None:
+        if share.id in server.revoked_shares or share.expires_at <= now:
+            return CLOSE_GONE
+    elif principal is not None and principal.key_id in server.access.revoked_keys:
+        return CLOSE_BAD_KEY
+    return None
+
+
+async def _drain(websocket: WebSocket) -> None:
+    """Read and ignore client messages until it disconnects."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return

@@ -1,0 +1,190 @@
+"""Who is asking, and what they may see.
+
+An API key names a user with a role; the bootstrap admin key (config or
+``var/admin_key``) is the user ``admin``. Keys are stored as SHA-256 hashes
+(keys are 256-bit random strings, so a fast hash is enough) and compared in
+constant time. A share token is not an API key: it opens one vehicle's share
+view and nothing else.
+
+Roles: ``admin`` everything; ``servicing`` the integration (vehicles,
+locations, events, feeds, webhooks, fences, shares); ``recovery`` only the
+vehicles assigned to them; ``viewer`` read-only. Purpose gating: recovery and
+viewer users see positions (live, tracks, last known) only of vehicles whose
+``loan_state`` is in ``access.position_loan_states`` (default delinquent and
+recovery): location tracks are sensitive personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from starlette.exceptions import HTTPException
+
+from tracker.store import AuditEntry, Role, Share, Store, User, Vehicle
+
+ADMIN = "admin"
+CACHE_S = 10.0  # a key looked up in the last seconds is not looked up again
+WRITE_ROLES: frozenset[str] = frozenset({"admin", "servicing"})
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    actor: str  # the user id, "admin" for the bootstrap key
+    role: Role
+    key_id: str | None = None
+
+    @property
+    def can_write(self) -> bool:
+        return self.role in WRITE_ROLES
+
+    def require(self, *roles: Role) -> None:
+        if self.role not in roles:
+            raise HTTPException(
+                403, f"a {self.role} key cannot do this; it needs the role {' or '.join(roles)}"
+            )
+
+
+class Access:
+    """API keys to principals; vehicles to what a principal may see of them."""
+
+    def __init__(
+        self,
+        store: Store,
+        admin_key: str,
+        *,
+        position_loan_states: frozenset[str],
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self._admin_hash = hash_secret(admin_key)
+        self.position_loan_states = position_loan_states
+        self._clock = clock
+        self._cache: dict[str, tuple[float, Principal]] = {}
+        self.revoked_keys: set[str] = set()
+
+    async def principal(self, key: str) -> Principal | None:
+        """The principal behind an API key, or None."""
+        key_hash = hash_secret(key)
+        if hmac.compare_digest(key_hash, self._admin_hash):
+            return Principal(ADMIN, "admin")
+        cached = self._cache.get(key_hash)
+        if cached is not None and time.monotonic() - cached[0] < CACHE_S:
+            return cached[1]
+        found = await self._store.key_by_hash(key_hash)
+        if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):
+            self._cache.pop(key_hash, None)
+            return None
+        key_record, user = found
+        principal = Principal(user.id, user.role, key_record.id)
+        self._cache[key_hash] = (time.monotonic(), principal)
+        return principal
+
+    def forget_key(self, key_id: str) -> None:
+        """A key was revoked: stop trusting it at once (live sockets check this)."""
+        self.revoked_keys.add(key_id)
+        for key_hash, (_, principal) in list(self._cache.items()):
+            if principal.key_id == key_id:
+                del self._cache[key_hash]
+
+    def may_see(self, principal: Principal, vehicle: Vehicle) -> bool:
+        """The vehicle at all (its record, alerts, events)."""
+        return principal.role != "recovery" or principal.actor in vehicle.assignees
+
+    def may_track(self, principal: Principal, vehicle: Vehicle) -> bool:
+        """Its positions: live, track, last known."""
+        if not self.may_see(principal, vehicle):
+            return False
+        if principal.role in ("recovery", "viewer"):
+            return vehicle.loan_state in self.position_loan_states
+        return True
+
+    def check(self, principal: Principal, vehicle: Vehicle, *, positions: bool) -> None:
+        """403 with the reason when the principal may not read this."""
+        if not self.may_see(principal, vehicle):
+            raise HTTPException(403, f"vehicle {vehicle.vehicle_id!r} is not assigned to you")
+        if positions and not self.may_track(principal, vehicle):
+            raise HTTPException(
+                403,
+                f"positions of vehicle {vehicle.vehicle_id!r} are not shown to {principal.role} "
+                f"users while its loan is {vehicle.loan_state!r}",
+            )
+
+    async def audit(
+        self,
+        actor: str,
+        action: str,
+        vehicle_id: str | None,
+        remote_addr: str,
+        **details: object,
+    ) -> None:
+        await self._store.append_audit(
+            [AuditEntry(self._clock(), actor, action, vehicle_id, remote_addr, dict(details))]
+        )
+
+    def share_state(self, share: Share) -> str | None:
+        """Why a share no longer opens anything ("revoked", "expired"), or None."""
+        if share.revoked_at is not None:
+            return "revoked"
+        if share.expires_at <= self._clock():
+            return "expired"
+        return None
+
+
+def user_view(user: User) -> dict[str, object]:
+    from tracker.views import iso
+
+    return {"id": user.id, "name": user.name, "role": user.role, "created_at": iso(user.created_at)}
+
+
+# FastAPI dependencies (module level, so annotations resolve)
+
+
+async def who(request: Request) -> Principal:
+    """The caller, from ``Authorization: Bearer <key>``; 401 otherwise."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise HTTPException(401, "send an API key as 'Authorization: Bearer <key>'")
+    access: Access = request.app.state.server.access
+    principal = await access.principal(key.strip())
+    if principal is None:
+        raise HTTPException(401, "this API key is not valid (revoked, or never issued)")
+    return principal
+
+
+Who = Annotated[Principal, Depends(who)]
+
+
+def writer(principal: Who) -> Principal:
+    """Callers who may change things: admin and servicing keys."""
+    principal.require("admin", "servicing")
+    return principal
+
+
+def admin(principal: Who) -> Principal:
+    principal.require("admin")
+    return principal
+
+
+Writer = Annotated[Principal, Depends(writer)]
+Admin = Annotated[Principal, Depends(admin)]
+
+
+def peer(request: Request) -> str:
+    return f"{request.client.host}:{request.client.port}" if request.client else "?"
