@@ -13,6 +13,7 @@ import contextlib
 import logging
 from collections import Counter
 from datetime import datetime
+from typing import cast
 
 import protocols
 from protocols import Heartbeat, Login, Message, Position, ProtocolError
@@ -253,8 +254,8 @@ class UdpListener(asyncio.DatagramProtocol):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # (on Python 3.11 the selector transport does not subclass DatagramTransport)
+        self._transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         queue = self._peers.get(addr)

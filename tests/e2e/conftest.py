@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from protocols import CODECS, UDP
 from tracker.server import Server
 from tracker.settings import ProtocolSettings, Settings
 
@@ -38,9 +39,9 @@ async def make_server(database_url: str, tmp_path: Any) -> AsyncIterator[ServerF
             data_dir=tmp_path / "var",
             admin_key=ADMIN_KEY,
             batch_max_delay_ms=2.0,
-            protocols=(
-                ProtocolSettings("gt06", 0, host="127.0.0.1"),
-                ProtocolSettings("osmand", 0, host="127.0.0.1"),
+            protocols=tuple(
+                ProtocolSettings(name, 0, host="127.0.0.1", udp=name in UDP)
+                for name in [*CODECS, "osmand"]
             ),
         )
         settings = dataclasses.replace(settings, **overrides)
