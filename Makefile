@@ -21,6 +21,7 @@ run: install
 ## test: lint, types, then the whole suite against a throwaway PostGIS
 test: install
 	bash scripts/ensure-postgis.sh
+	bash scripts/ensure-chromium.sh
 	$(MAKE) --no-print-directory lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 

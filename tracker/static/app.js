@@ -20,6 +20,7 @@
   const OFFLINE_MS = DAY;        // nothing heard for longer (or never): offline
   const SILENT_ALERTS = new Set(['unit_silent', 'wired_silent_battery_alive']);
   const TRAIL_MS = HOUR;         // the live trail behind the selected vehicle
+  const FOLLOW_MIN_ZOOM = 12;    // following a car zooms in at least this far
   const STOP_RADIUS_M = 60;      // replay: within this distance...
   const STOP_MIN_MS = 2 * MIN;   // ...for at least this long is a stop
   const KEY_STORE = 'tracker-key';
@@ -53,6 +54,8 @@
     connected: false,      // a snapshot arrived on the current socket
     retryMs: 1000,
     clockOffset: 0,        // server clock minus ours, from the Date header
+    newMarkers: null,      // while loading: markers to add to the map in one go
+    ticks: 0,
     query: '',
     expiresAt: null,
     gone: null,
@@ -87,6 +90,12 @@
     const h = Math.floor(m / 60);
     if (h < 48) return h + ' h ' + (m % 60) + ' min';
     return Math.floor(h / 24) + ' days ' + (h % 24) + ' h';
+  }
+
+  function timeLeft(ms) {  // the last minutes of a share link count in seconds
+    const s = Math.max(0, Math.ceil(ms / SEC));
+    if (s >= 600) return duration(ms);
+    return s < 60 ? s + ' s' : Math.floor(s / 60) + ' min ' + (s % 60) + ' s';
   }
 
   function clock(ms) {
@@ -254,6 +263,14 @@
     tracker.trail = L.polyline([], {color: '#4ea1ff', weight: 5, opacity: 0.85}).addTo(map);
     tracker.accuracy = L.circle([0, 0], {radius: 1, weight: 1, color: '#4ea1ff', fillOpacity: 0.12});
     map.on('dragstart', () => setFollow(false));  // the user took the map: stop following
+    // the panel below grows and shrinks (a card, a tab): keep Leaflet's idea of the size true
+    if (window.ResizeObserver) {
+      new ResizeObserver(() => {
+        map.invalidateSize({pan: false});
+        const v = state.vehicles.get(state.selected);
+        if (state.follow && v && v.pos) centreOn(v, 0, false);
+      }).observe($('map'));
+    }
   }
 
   function markerIcon(v, status) {
@@ -284,7 +301,8 @@
       });
       marker.iconKey = iconKey;
       marker.on('click', () => select(v.id));
-      tracker.cluster.addLayer(marker);
+      if (state.newMarkers) state.newMarkers.push(marker);  // added at once, see startLive
+      else tracker.cluster.addLayer(marker);
       return;
     }
     marker.setLatLng(latlng);
@@ -293,6 +311,23 @@
       marker.setIcon(markerIcon(v, v.status));
       marker.setZIndexOffset(v.id === state.selected ? 1000 : 0);
     }
+  }
+
+  /** Leaflet drops a new view asked for while it animates a zoom: wait for the end. */
+  function whenSettled(fn) {
+    const map = tracker.map;
+    if (map._animatingZoom) map.once('zoomend', () => whenSettled(fn));
+    else fn();
+  }
+
+  /** The vehicle in the middle of the map, zoomed in to at least minZoom. */
+  function centreOn(v, minZoom, animate) {
+    whenSettled(() => {
+      if (!v.pos) return;
+      const map = tracker.map, at = [v.pos.lat, v.pos.lon];
+      if (map.getZoom() < minZoom) map.setView(at, minZoom, {animate});
+      else map.panTo(at, {animate});
+    });
   }
 
   function fitAll() {
@@ -357,7 +392,7 @@
     refresh(v);
     if (id === state.selected) {
       showAccuracy(v);
-      if (state.follow) tracker.map.panTo([p.lat, p.lon], {animate: true});
+      if (state.follow) centreOn(v, FOLLOW_MIN_ZOOM, true);
     }
   }
 
@@ -451,6 +486,7 @@
     const v = state.vehicles.get(id);
     if (!v) return;
     const previous = state.selected;
+    if (state.replay && state.replay.vehicle !== id) stopReplay();
     state.selected = id;
     if (previous && previous !== id) refresh(state.vehicles.get(previous));
     state.trail = [];
@@ -458,8 +494,9 @@
     refresh(v);
     $('card').hidden = false;
     $('panel').scrollTop = 0;
+    tracker.map.invalidateSize({pan: false});
     if (v.pos) {
-      tracker.map.setView([v.pos.lat, v.pos.lon], Math.max(tracker.map.getZoom(), 16));
+      centreOn(v, 16, false);
       showAccuracy(v);
     }
     setFollow(true);
@@ -472,6 +509,7 @@
 
   function unselect() {
     const id = state.selected;
+    stopReplay();
     state.selected = null;
     setFollow(false);
     state.trail = [];
@@ -485,8 +523,9 @@
   function setFollow(on) {
     state.follow = on && !!state.selected;
     $('follow').setAttribute('aria-pressed', String(state.follow));
+    $('follow').textContent = state.follow ? 'Following' : 'Follow';
     const v = state.vehicles.get(state.selected);
-    if (state.follow && v && v.pos) tracker.map.panTo([v.pos.lat, v.pos.lon]);
+    if (state.follow && v && v.pos) centreOn(v, FOLLOW_MIN_ZOOM, true);
   }
 
   function showAccuracy(v) {
@@ -652,7 +691,7 @@
   function renderReplayForm() {
     const v = state.vehicles.get(state.selected);
     $('replay-none').hidden = !!v;
-    $('replay-form').hidden = !v;
+    $('replay-form').hidden = !v || !!state.replay;
     if (v) {
       $('replay-title').textContent = 'Replay ' + plateOf(v);
       if (!$('replay-from').value) setReplayRange(24);
@@ -746,7 +785,7 @@
     })}).addTo(layer);
     tracker.replay = state.replay = {vehicle: v.id, points, stops, layer, line, marker,
                                      t: points[0].t, timer: null};
-    tracker.map.fitBounds(line.getBounds(), {padding: [30, 30], maxZoom: 17});
+    whenSettled(() => tracker.map.fitBounds(line.getBounds(), {padding: [30, 30], maxZoom: 17}));
     const span = points[points.length - 1].t - points[0].t;
     $('replay-summary').textContent = points.length + ' positions over ' + duration(span) + ', ' +
       stops.length + (stops.length === 1 ? ' stop' : ' stops');
@@ -758,7 +797,9 @@
       li.addEventListener('click', () => setReplayTime(stop.start));
       list.append(li);
     });
+    $('replay-form').hidden = true;  // the player takes its place on a small screen
     $('replay-player').hidden = false;
+    $('tabs').scrollIntoView({block: 'start'});
     setReplayTime(points[0].t);
   }
 
@@ -807,6 +848,7 @@
     if (state.replay) state.replay.layer.remove();
     tracker.replay = state.replay = null;
     $('replay-player').hidden = true;
+    renderReplayForm();
   }
 
   // ---- the live socket
@@ -847,8 +889,9 @@
       state.ws = null;
       state.connected = false;
       setConn('off', 'disconnected, retrying');
-      if (e.code === 4410) {
-        showGone(e.reason || 'expired');
+      if (e.code === 4410) {  // the share ended; the data URL says why (revoked, expired)
+        if (e.reason) showGone(e.reason);
+        else loadShare().then((ok) => { if (ok) showGone('gone'); }, () => showGone('gone'));
         return;
       }
       if (e.code === 4401 && state.mode === 'live') {
@@ -916,9 +959,15 @@
     applySearch();
     try {
       const body = await api('/api/v1/locations');
+      state.newMarkers = [];  // thousands of markers: one addLayers, chunked, not one by one
       for (const p of body.items || []) applyPosition(p);
     } catch (e) {
       console.warn('locations', e);
+    } finally {
+      const markers = state.newMarkers || [];
+      state.newMarkers = null;
+      if (tracker.cluster.addLayers) tracker.cluster.addLayers(markers);
+      else markers.forEach((m) => tracker.cluster.addLayer(m));
     }
     try {
       await loadAlerts();
@@ -948,14 +997,16 @@
     const info = data.vehicle || {};
     const id = info.vehicle_id || 'shared';
     const v = vehicleEntry(id, info);
+    const first = state.expiresAt == null;
     // seconds_left needs no agreement between the two clocks; expires_at is the fallback
     state.expiresAt = typeof data.seconds_left === 'number' ?
       Date.now() + state.clockOffset + data.seconds_left * SEC : Date.parse(data.expires_at);
     $('title').textContent = plateOf(v);
+    document.title = plateOf(v) + ': shared location';
     if (state.selected !== id) select(id);
     for (const p of data.history || []) applyPosition(p, id);
     if (data.position) applyPosition(data.position, id);
-    if (v.pos && !state.follow) setFollow(true);
+    if (first) centreOn(v, 16, false);
     updateExpiry();
     return true;
   }
@@ -967,7 +1018,7 @@
       showGone('expired');
       return;
     }
-    $('expires').textContent = 'expires in ' + duration(left);
+    $('expires').textContent = 'expires in ' + timeLeft(left);
     $('expires').classList.toggle('soon', left < 10 * MIN);
   }
 
@@ -986,15 +1037,18 @@
 
   // ---- wiring
 
-  function tick() {
+  function tick() {  // every second: the countdown and the card; the list every 5 s
     updateExpiry();
     if (state.gone) return;
+    updateCard();
+    state.ticks += 1;
+    if (state.ticks % 5) return;
+    const t = now();
     for (const v of state.vehicles.values()) {
-      const status = statusOf(v, now());
-      if (status !== v.status) refresh(v);
+      if (statusOf(v, t) !== v.status) refresh(v);
       else updateRow(v);
     }
-    updateCard();
+    if (state.alerts.size && !$('tab-alerts').hidden) renderAlerts();  // their ages
   }
 
   function wire() {
@@ -1032,8 +1086,8 @@
       stopReplay();
       const v = state.vehicles.get(state.selected);
       if (v && v.pos) {
-        tracker.map.setView([v.pos.lat, v.pos.lon], 16);
         setFollow(true);
+        centreOn(v, 16, false);
       }
     });
     setInterval(tick, SEC);
@@ -1043,6 +1097,7 @@
       return;
     }
     const params = new URLSearchParams(location.search);
+    if (params.has('signed_out')) history.replaceState(null, '', '/');
     const saved = sessionStorage.getItem(KEY_STORE);
     if (saved) startLive(saved);
     else showSignIn(params.get('signed_out') || '');
