@@ -108,3 +108,13 @@ def test_cli_bad_config_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         "tracker: config error: http.port: expected an integer, got 'abc'"
     ]
+
+
+def test_the_readme_example_config_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```toml", 1)[1].split("```", 1)[0]
+    settings = load(write(tmp_path, example), environ={})
+    assert settings.http_port == 8082
+    gt06 = settings.protocol("gt06")
+    assert gt06 is not None
+    assert gt06.port == 5023
