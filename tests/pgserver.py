@@ -7,6 +7,11 @@
 With ``TRACKER_TEST_DATABASE_URL`` set, that server is used instead: nothing is
 started, and the databases created on it are dropped again by ``stop()``.
 
+An outage, for the servers started here (same data, same port):
+
+    pg.stop_server()                             # clients lose their sessions
+    pg.start_again()
+
 As root, the cluster is initialised and run as the ``postgres`` OS user (the
 server refuses to run as root), in a temporary directory owned by it.
 """
@@ -52,6 +57,9 @@ class PgServer:
         self.url = ""  # postgresql://... of the maintenance database, once started
         self.external = False
         self.directory: Path | None = None  # the data and socket directory, when ours
+        self.port: int | None = None  # when ours
+        self._bin_dir: Path | None = None
+        self._owner: str | None = None
         self._created: list[str] = []
         self._stop: weakref.finalize[..., PgServer] | None = None
 
@@ -82,7 +90,8 @@ class PgServer:
         except BaseException:
             self.stop()
             raise
-        self.directory = directory
+        self.directory, self.port = directory, port
+        self._bin_dir, self._owner = bin_dir, owner
         self.url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         return self
 
@@ -110,6 +119,24 @@ class PgServer:
                 if not attempts:
                     raise
 
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server but keep its data and port, for ``start_again``: an outage.
+        ``fast`` ends every session (as a restart does); ``immediate`` is a crash."""
+        directory, bin_dir = self._ours()
+        run(self._owner, directory, bin_dir / "pg_ctl", "stop", "-D", directory / "data",
+            "-m", mode, "-w")  # fmt: skip
+
+    def start_again(self) -> None:
+        """Start the server ``stop_server`` stopped, on the same port and data."""
+        directory, bin_dir = self._ours()
+        run(self._owner, directory, bin_dir / "pg_ctl", "start", "-D", directory / "data",
+            "-w", "-t", "60", "-l", directory / "server.log", "-o", f"-p {self.port}")  # fmt: skip
+
+    def _ours(self) -> tuple[Path, Path]:
+        if self.external or self.directory is None or self._bin_dir is None:
+            raise RuntimeError("only a server started by PgServer can be stopped and started")
+        return self.directory, self._bin_dir
+
     def stop(self) -> None:
         """Stop the server and remove its directory (or drop the databases we created)."""
         if self.external:
@@ -118,7 +145,7 @@ class PgServer:
                 self.drop_database(name)
         if self._stop is not None:
             self._stop()
-        self.directory = None
+        self.directory = self.port = self._bin_dir = None
 
     def create_database(self, name: str, *, template: str | None = None) -> str:
         """Create database ``name`` and return its URL. Without ``template``, the new

@@ -9,9 +9,10 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import hmac
 import math
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import orjson
@@ -20,26 +21,45 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tracker
 from tracker import views
 from tracker.api_access import access_routes
 from tracker.api_events import rule_routes
 from tracker.api_live import serve_live
+from tracker.api_types import PATTERN_HINTS, TEXT_PATTERN, UniqueId, VehicleId, aware
 from tracker.api_webhooks import webhook_routes
 from tracker.auth import Principal, Who, peer, writer
+from tracker.metrics import CONTENT_TYPE
 from tracker.page import mount_static, page_html
 from tracker.rules import RuleSettings
 from tracker.store import StoredPosition, Unit, UnitConflict, Vehicle
+from tracker.unit_secrets import UnitSecrets
 
 if TYPE_CHECKING:
     from tracker.server import Server
 
-VehicleId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^/\s]+$")]
 MAX_TRACK_LIMIT = 10_000
+# A fence at MAX_VERTICES naming 10,000 vehicles fits; nothing else comes near.
+MAX_BODY_BYTES = 2 * 1024 * 1024
 
 # The thresholds a vehicle may override: RuleSettings field name -> whether it is an int.
 RULE_FIELDS = {f.name: f.type in (int, "int") for f in dataclasses.fields(RuleSettings)}
+# The largest override, by the unit its name ends in: beyond these a threshold is a
+# typo, and time arithmetic with it would overflow.
+RULE_MAXIMA = {
+    "_s": 10 * 365 * 86_400,
+    "_minutes": 10 * 365 * 1440,
+    "_days": 10 * 365,
+    "_m": 20_000_000,
+    "_kmh": 1000,
+}
+RULE_MAXIMUM = 1_000_000  # counts: dwell_fixes, gathering_vehicles
+
+
+def rule_maximum(name: str) -> int:
+    return next((top for end, top in RULE_MAXIMA.items() if name.endswith(end)), RULE_MAXIMUM)
 
 
 class ORJSONResponse(JSONResponse):
@@ -48,15 +68,15 @@ class ORJSONResponse(JSONResponse):
 
 
 class UnitIn(BaseModel):
-    unique_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    unique_id: UniqueId
     kind: Literal["wired", "battery"] = "wired"
     silent_after_s: int | None = Field(default=None, ge=60, le=30 * 86_400)
 
 
 class VehicleIn(BaseModel):
-    plate: str | None = Field(default=None, max_length=32)
-    vin: str | None = Field(default=None, max_length=32)
-    loan_ref: str | None = Field(default=None, max_length=128)
+    plate: str | None = Field(default=None, max_length=32, pattern=TEXT_PATTERN)
+    vin: str | None = Field(default=None, max_length=32, pattern=TEXT_PATTERN)
+    loan_ref: str | None = Field(default=None, max_length=128, pattern=TEXT_PATTERN)
     units: list[UnitIn] = Field(default_factory=list, max_length=16)
     # Per-vehicle rule thresholds: RuleSettings field name -> value (the global
     # value applies to every field not named).
@@ -78,8 +98,9 @@ class VehicleIn(BaseModel):
     @field_validator("rules", mode="before")
     @classmethod
     def _known_rules(cls, rules: Any) -> Any:
-        """Names of RuleSettings fields, finite numbers > 0, ints for int fields.
-        Checked before coercion, so neither true nor "7" passes for a number."""
+        """Names of RuleSettings fields, finite numbers > 0 up to ``rule_maximum``,
+        ints for int fields. Checked before coercion, so neither true nor "7"
+        passes for a number."""
         if not isinstance(rules, dict):
             return rules  # None, or a type error pydantic reports
         checked: dict[str, float | int] = {}
@@ -90,6 +111,8 @@ class VehicleIn(BaseModel):
                 raise ValueError(f"rule {name!r} must be a number, got {value!r}")
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"rule {name!r} must be a number > 0, got {value!r}")
+            if value > (top := rule_maximum(name)):
+                raise ValueError(f"rule {name!r} must be at most {top}, got {value!r}")
             if RULE_FIELDS[name]:
                 if value != int(value):
                     raise ValueError(f"rule {name!r} must be a whole number, got {value!r}")
@@ -102,8 +125,11 @@ def problem(status: int, detail: str, title: str | None = None) -> JSONResponse:
     titles = {
         400: "Bad Request",
         401: "Unauthorized",
+        403: "Forbidden",
         404: "Not Found",
         409: "Conflict",
+        410: "Gone",
+        413: "Content Too Large",
         422: "Unprocessable Content",
         503: "Service Unavailable",
     }
@@ -112,7 +138,8 @@ def problem(status: int, detail: str, title: str | None = None) -> JSONResponse:
             "type": "about:blank",
             "title": title or titles.get(status, "Error"),
             "status": status,
-            "detail": detail,
+            # lone surrogates (JSON allows them, UTF-8 does not) are echoed escaped
+            "detail": detail.encode("utf-8", "backslashreplace").decode(),
         },
         status_code=status,
         media_type="application/problem+json",
@@ -124,8 +151,41 @@ def _validation_detail(exc: RequestValidationError) -> str:
     parts = []
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+        message = error.get("msg", "invalid")
+        if error.get("type") == "string_pattern_mismatch":
+            hint = PATTERN_HINTS.get(error.get("ctx", {}).get("pattern", ""))
+            message = f"{message}: {hint}" if hint else message
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
+
+
+class BodyLimit:
+    """413 for a request body over ``MAX_BODY_BYTES``: told by Content-Length,
+    or counted as it arrives (chunked)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = f"request body over {MAX_BODY_BYTES} bytes; send less at a time"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            await problem(413, too_large)(scope, receive, send)
+            return
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > MAX_BODY_BYTES:
+                raise HTTPException(413, too_large)
+            return message
+
+        await self.app(scope, counted, send)
 
 
 def protocol_counters(stats: Counter[str], ports: dict[str, int]) -> dict[str, dict[str, int]]:
@@ -139,6 +199,12 @@ def protocol_counters(stats: Counter[str], ports: dict[str, int]) -> dict[str, d
     return grouped
 
 
+def _bearer_is(request: Request, token: str) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    matches = hmac.compare_digest(given.strip().encode(), token.encode())
+    return scheme.lower() == "bearer" and matches
+
+
 def _encode_cursor(row: StoredPosition) -> str:
     raw = f"{row.fix_time.isoformat()}|{row.unique_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -148,19 +214,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         moment, unique_id = raw.split("|", 1)
-        return datetime.fromisoformat(moment), unique_id
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return aware(datetime.fromisoformat(moment), "cursor"), unique_id
+    except (ValueError, binascii.Error, UnicodeDecodeError, HTTPException):
         raise HTTPException(
             400,
             "cursor is not one this server gave out; "
             "pass next_cursor from the previous page unchanged",
         ) from None
-
-
-def _aware(moment: datetime, name: str) -> datetime:
-    if moment.tzinfo is None:
-        raise HTTPException(400, f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
-    return moment.astimezone(UTC)
 
 
 def create_app(server: Server) -> FastAPI:
@@ -171,6 +231,7 @@ def create_app(server: Server) -> FastAPI:
         description="Last known locations, tracks and live positions of financed vehicles.",
     )
     mount_static(app)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -181,6 +242,7 @@ def create_app(server: Server) -> FastAPI:
         return problem(422, _validation_detail(exc))
 
     app.state.server = server  # the auth dependencies find the server here
+    unit_secrets = UnitSecrets(server.settings.data_dir)
 
     def visible(principal: Principal, vehicle_id: str, *, positions: bool) -> Vehicle:
         vehicle = server.registry.vehicle(vehicle_id)
@@ -191,7 +253,33 @@ def create_app(server: Server) -> FastAPI:
 
     @app.get("/healthz", tags=["server"])
     async def healthz() -> dict[str, str]:
+        """The process is up and serving: 200 even while the store is down (see /readyz)."""
         return {"status": "ok", "store": server.store.kind}
+
+    @app.get(
+        "/readyz",
+        tags=["server"],
+        responses={503: {"description": "the store is down: positions are held, not acked"}},
+    )
+    async def readyz() -> ORJSONResponse:
+        """200 while the store takes writes (its last write or ping worked); 503
+        while it does not: positions are then held unacknowledged (``pending_rows``)
+        and the REST API answers from memory."""
+        pipeline = server.pipeline
+        if pipeline.store_healthy:
+            body = {"status": "ok", "store": "available", "pending_rows": pipeline.pending_rows}
+            return ORJSONResponse(body)
+        body = {"status": "degraded", "store": "unavailable", "pending_rows": pipeline.pending_rows}
+        return ORJSONResponse(body, status_code=503)
+
+    @app.get("/metrics", tags=["server"])
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format. Open by default (scrapers); with ``metrics.token``
+        set, only for ``Authorization: Bearer <metrics.token>``."""
+        token = server.settings.metrics_token
+        if token is not None and not _bearer_is(request, token):
+            return problem(401, "send the metrics token as 'Authorization: Bearer <token>'")
+        return Response(server.metrics.render(), media_type=CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def page() -> Response:
@@ -202,6 +290,10 @@ def create_app(server: Server) -> FastAPI:
         return {
             "version": tracker.__version__,
             "store": server.store.kind,
+            "store_healthy": server.pipeline.store_healthy,
+            "store_error": server.pipeline.store_error,
+            "pending_rows": server.pipeline.pending_rows,
+            "commits_waiting_for_room": server.pipeline.waiting_commits,
             "ports": server.ports,
             "udp_ports": server.udp_ports,
             "protocols": protocol_counters(server.stats, server.ports),
@@ -247,7 +339,7 @@ def create_app(server: Server) -> FastAPI:
     async def list_vehicles(
         principal: Who,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        after: Annotated[str | None, Query(max_length=128)] = None,
+        after: Annotated[VehicleId | None, Query()] = None,
     ) -> dict[str, Any]:
         page = await server.store.list_vehicles(after=after, limit=limit)
         items = [views.vehicle(v) for v in page if server.access.may_see(principal, v)]
@@ -287,7 +379,7 @@ def create_app(server: Server) -> FastAPI:
     async def locations(
         principal: Who,
         request: Request,
-        vehicle_id: Annotated[list[str] | None, Query(max_length=1000)] = None,
+        vehicle_id: Annotated[list[VehicleId] | None, Query(max_length=1000)] = None,
     ) -> dict[str, Any]:
         wanted = vehicle_id if vehicle_id else server.registry.vehicle_ids()
         items, missing, hidden = [], [], []
@@ -324,8 +416,8 @@ def create_app(server: Server) -> FastAPI:
         format: Literal["json", "geojson"] = "json",
     ) -> dict[str, Any]:
         vehicle = visible(principal, vehicle_id, positions=True)
-        end = _aware(to, "to") if to else server.clock()
-        start = _aware(from_, "from") if from_ else end - timedelta(days=1)
+        end = aware(to, "to") if to else server.clock()
+        start = aware(from_, "from") if from_ else end - timedelta(days=1)
         if start >= end:
             raise HTTPException(400, "'from' must be before 'to'")
         after = _decode_cursor(cursor) if cursor else None
@@ -381,6 +473,15 @@ def create_app(server: Server) -> FastAPI:
                 for r in rows
             ]
         }
+
+    @app.get("/api/v1/units/{unique_id}/secret", tags=["units"], dependencies=[Depends(writer)])
+    async def get_unit_secret(unique_id: UniqueId) -> dict[str, str]:
+        """The secret an OsmAnd / Traccar Client unit sends as ``secret=`` when
+        ``protocols.osmand.require_secret`` is on: put it in the app's server URL,
+        e.g. ``http://host:5055/?secret=<secret>``. Derived from the unit id and a
+        server secret kept in the data directory, so it is the same on every
+        call, for registered units and units not registered yet."""
+        return {"unique_id": unique_id, "secret": unit_secrets.secret(unique_id)}
 
     app.include_router(rule_routes(server))
     app.include_router(webhook_routes(server, Depends(writer)))

@@ -6,14 +6,15 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from tracker import views
+from tracker.api_types import MAX_SEQ, TEXT_PATTERN, Id, VehicleId, aware_or_none
 from tracker.auth import Who, admin, hash_secret, new_secret, peer, user_view, writer
 from tracker.store import ApiKey, Share, User, Vehicle
 
@@ -21,16 +22,17 @@ if TYPE_CHECKING:
     from tracker.server import Server
 
 MAX_SHARE_S = 7 * 86_400
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+# secrets.token_urlsafe(32): 43 characters
+ShareToken = Annotated[str, Path(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class UserIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)
     role: Literal["admin", "servicing", "recovery", "viewer"]
 
 
 class ShareIn(BaseModel):
-    vehicle_id: str = Field(min_length=1, max_length=128)
+    vehicle_id: VehicleId
     expires_in_s: int = Field(
         default=86_400, ge=60, le=MAX_SHARE_S, description="default 24 h, at most 7 days"
     )
@@ -119,7 +121,7 @@ def access_routes(server: Server, visible: Callable[..., Vehicle]) -> APIRouter:
         "/api/v1/vehicles/{vehicle_id}/assignees", tags=["vehicles"], dependencies=[Depends(writer)]
     )
     async def put_assignees(
-        vehicle_id: Id,
+        vehicle_id: VehicleId,
         user_ids: Annotated[list[Id], Body(max_length=1000, description="user ids")],
     ) -> dict[str, Any]:
         """The recovery agents who may see this vehicle (replaces the list)."""
@@ -170,7 +172,7 @@ def access_routes(server: Server, visible: Callable[..., Vehicle]) -> APIRouter:
         }
 
     @router.get("/api/v1/shares", tags=["shares"], dependencies=[Depends(writer)])
-    async def list_shares(vehicle_id: str | None = None) -> dict[str, Any]:
+    async def list_shares(vehicle_id: VehicleId | None = None) -> dict[str, Any]:
         shares = await server.store.list_shares(vehicle_id=vehicle_id)
         return {"items": [share_view(s, server.access.share_state(s)) for s in shares]}
 
@@ -191,13 +193,13 @@ def access_routes(server: Server, visible: Callable[..., Vehicle]) -> APIRouter:
         return Response(status_code=204)
 
     @router.get("/share/{token}", include_in_schema=False)
-    async def share_page(token: str) -> Response:
+    async def share_page(token: ShareToken) -> Response:
         from tracker.page import page_html
 
         return Response(page_html(server.settings), media_type="text/html")
 
     @router.get("/share/{token}/data", tags=["shares"])
-    async def share_data(token: str, request: Request) -> dict[str, Any]:
+    async def share_data(token: ShareToken, request: Request) -> dict[str, Any]:
         """What a share link shows: its vehicle, the allowed history, the time left.
         Needs no API key: the token is the key, to this and nothing else."""
         share = await server.store.share_by_hash(hash_secret(token))
@@ -236,25 +238,24 @@ def access_routes(server: Server, visible: Callable[..., Vehicle]) -> APIRouter:
 
     @router.get("/api/v1/audit", tags=["audit"], dependencies=only_admin)
     async def audit(
-        actor: str | None = None,
-        vehicle_id: str | None = None,
-        action: str | None = None,
+        actor: Id | None = None,
+        vehicle_id: VehicleId | None = None,
+        action: Id | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        before: Annotated[int | None, Query(ge=1, description="next_before of a page")] = None,
+        before: Annotated[
+            int | None, Query(ge=1, le=MAX_SEQ, description="next_before of a page")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
         """Every read of a location, a track, a live subscription and every share
         created or used, newest first."""
-        for name, moment in (("since", since), ("until", until)):
-            if moment is not None and moment.tzinfo is None:
-                raise HTTPException(400, f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
         entries = await server.store.audit(
             actor=actor,
             vehicle_id=vehicle_id,
             action=action,
-            since=since.astimezone(UTC) if since else None,
-            until=until.astimezone(UTC) if until else None,
+            since=aware_or_none(since, "since"),
+            until=aware_or_none(until, "until"),
             before=before,
             limit=limit,
         )

@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+from datetime import datetime
+from itertools import pairwise
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
+import shapely.errors
 from fastapi import APIRouter, Depends, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.exceptions import HTTPException
 
+from geofences.model import (
+    CORRIDOR_STEP_DEG,
+    MAX_DISTANCE_M,
+    MAX_VERTICES,
+    MIN_DISTANCE_M,
+    Category,
+)
 from tracker import views
+from tracker.api_types import (
+    ID_PATTERN,
+    MAX_SEQ,
+    TEXT_PATTERN,
+    EventType,
+    VehicleId,
+    aware_or_none,
+)
 from tracker.auth import Principal, Who, who, writer
 from tracker.fences import FenceError
 from tracker.store import GeofenceRecord
@@ -17,21 +35,65 @@ from tracker.store import GeofenceRecord
 if TYPE_CHECKING:
     from tracker.server import Server
 
-FenceId = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$")]
+FenceId = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 MAX_EVENTS = 1000
+# Numbers, not strings or booleans, and finite (JSON parsers here accept NaN and Infinity).
+Coordinate = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Metres = Annotated[float, Field(strict=True, ge=MIN_DISTANCE_M, le=MAX_DISTANCE_M)]
+
+
+class CircleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    lon: float = Field(strict=True, ge=-180, le=180)
+    lat: float = Field(strict=True, ge=-90, le=90)
+    radius_m: Metres
+
+
+class LineStringIn(BaseModel):
+    """A GeoJSON LineString; other members (bbox, ...) are dropped."""
+
+    type: Literal["LineString"]
+    coordinates: list[Annotated[list[Coordinate], Field(min_length=2, max_length=3)]] = Field(
+        min_length=2, max_length=MAX_VERTICES, description="[lon, lat] positions"
+    )
+
+
+class CorridorIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    line: LineStringIn
+    width_m: Metres = Field(description="total width, half on each side of the line")
+
+    @model_validator(mode="after")
+    def _length(self) -> CorridorIn:
+        """The line is split into pieces of CORRIDOR_STEP_DEG before it is buffered:
+        bound them before that work, not after. GEOS cannot split a line of no length."""
+        if len({(lon, lat) for lon, lat, *_ in self.line.coordinates}) < 2:
+            raise ValueError("the corridor line has no length: give 2 or more different positions")
+        pieces = 0
+        for (lon1, lat1, *_), (lon2, lat2, *_) in pairwise(self.line.coordinates):
+            length = min(math.hypot(lon2 - lon1, lat2 - lat1), 1e6)  # hypot may overflow
+            pieces += max(1, math.ceil(length / CORRIDOR_STEP_DEG))
+        if pieces > MAX_VERTICES:
+            raise ValueError(
+                f"the corridor line is too long: {pieces} pieces of {CORRIDOR_STEP_DEG} degrees, "
+                f"at most {MAX_VERTICES}: send it as several shorter corridors"
+            )
+        return self
 
 
 class GeofenceIn(BaseModel):
-    name: str = Field(default="", max_length=200)
-    category: Literal["allowed_area", "risk_site", "home", "work", "custom"] = "custom"
-    vehicle_ids: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+    name: str = Field(default="", max_length=200, pattern=TEXT_PATTERN)
+    category: Category = "custom"
+    vehicle_ids: list[VehicleId] | None = Field(
         default=None, max_length=10_000, description="omitted: every vehicle"
     )
-    geometry: dict[str, Any] | None = Field(default=None, description="GeoJSON (Multi)Polygon")
-    circle: dict[str, Any] | None = Field(default=None, description='{"lon", "lat", "radius_m"}')
-    corridor: dict[str, Any] | None = Field(
-        default=None, description='{"line": GeoJSON LineString, "width_m"}'
+    geometry: dict[str, Any] | None = Field(
+        default=None,
+        description=f"GeoJSON (Multi)Polygon, [lon, lat] positions, at most {MAX_VERTICES} "
+        "in all rings together",
     )
+    circle: CircleIn | None = None
+    corridor: CorridorIn | None = None
 
 
 def geofence_view(record: GeofenceRecord) -> dict[str, Any]:
@@ -44,14 +106,6 @@ def geofence_view(record: GeofenceRecord) -> dict[str, Any]:
         "created_at": views.iso(record.created_at),
         **record.details,
     }
-
-
-def _aware(moment: datetime | None, name: str) -> datetime | None:
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        raise HTTPException(400, f"{name} needs a time zone, e.g. 2026-01-31T12:00:00Z")
-    return moment.astimezone(UTC)
 
 
 def rule_routes(server: Server) -> APIRouter:
@@ -69,12 +123,15 @@ def rule_routes(server: Server) -> APIRouter:
                 category=body.category,
                 vehicle_ids=body.vehicle_ids,
                 geometry=body.geometry,
-                circle=body.circle,
-                corridor=body.corridor,
+                # dumped from the models: only their fields are stored and echoed
+                circle=body.circle.model_dump() if body.circle else None,
+                corridor=body.corridor.model_dump() if body.corridor else None,
                 fence_id=fence_id,
             )
         except FenceError as exc:
             raise HTTPException(422, str(exc)) from None
+        except shapely.errors.GEOSException as exc:  # a shape the checks above let through
+            raise HTTPException(422, f"the fence cannot be built: {exc}; simplify it") from None
 
     @router.post("/geofences", tags=["geofences"], status_code=201, dependencies=write)
     async def post_geofence(body: GeofenceIn) -> dict[str, Any]:
@@ -86,7 +143,7 @@ def rule_routes(server: Server) -> APIRouter:
 
     @router.get("/geofences", tags=["geofences"])
     async def list_geofences(
-        category: str | None = None, vehicle_id: str | None = None
+        category: Category | None = None, vehicle_id: VehicleId | None = None
     ) -> dict[str, Any]:
         items = [
             geofence_view(r)
@@ -112,8 +169,8 @@ def rule_routes(server: Server) -> APIRouter:
     @router.get("/events", tags=["events"])
     async def list_events(
         principal: Who,
-        vehicle_id: str | None = None,
-        type: Annotated[list[str] | None, Query(max_length=50)] = None,
+        vehicle_id: VehicleId | None = None,
+        type: Annotated[list[EventType] | None, Query(max_length=50)] = None,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_EVENTS)] = 100,
@@ -123,8 +180,8 @@ def rule_routes(server: Server) -> APIRouter:
         events = await server.store.events(
             vehicle_id=vehicle_id,
             types=type,
-            since=_aware(since, "since"),
-            until=_aware(until, "until"),
+            since=aware_or_none(since, "since"),
+            until=aware_or_none(until, "until"),
             limit=limit,
             newest_first=order == "newest",
         )
@@ -152,7 +209,7 @@ def rule_routes(server: Server) -> APIRouter:
             cursor = int(after) if after else 0
         except ValueError:
             raise HTTPException(400, "after must be a next_cursor this server gave out") from None
-        if cursor < 0:
+        if not 0 <= cursor <= MAX_SEQ:
             raise HTTPException(400, "after must be a next_cursor this server gave out")
         events = await server.store.events(after=cursor, limit=limit + 1)
         page = events[:limit]
@@ -164,7 +221,7 @@ def rule_routes(server: Server) -> APIRouter:
         }
 
     @router.get("/alerts", tags=["events"])
-    async def alerts(principal: Who, vehicle_id: str | None = None) -> dict[str, Any]:
+    async def alerts(principal: Who, vehicle_id: VehicleId | None = None) -> dict[str, Any]:
         """Alerts open now (the event that opened each), newest first."""
         items = [
             e

@@ -11,13 +11,13 @@ from pydantic import BaseModel, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from tracker import views, webhooks
+from tracker.api_types import EventType
 from tracker.store import Delivery, Webhook
 
 if TYPE_CHECKING:
     from tracker.server import Server
 
 WebhookId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
-EventType = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")]
 MAX_DELIVERIES = 1000
 
 

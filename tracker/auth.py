@@ -12,12 +12,19 @@ vehicles assigned to them; ``viewer`` read-only. Purpose gating: recovery and
 viewer users see positions (live, tracks, last known) only of vehicles whose
 ``loan_state`` is in ``access.position_loan_states`` (default delinquent and
 recovery): location tracks are sensitive personal data.
+
+While the store is down, the REST API still answers from memory: a key
+looked up before is trusted as it was then (revocations made here are
+forgotten at once), and audit entries are kept in memory and written with the
+next one that gets through, up to ``MAX_UNWRITTEN_AUDIT``; past that, reads
+that must be audited are refused (503) rather than left unaudited.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -32,6 +39,9 @@ from tracker.store import AuditEntry, Role, Share, Store, User, Vehicle
 
 ADMIN = "admin"
 CACHE_S = 10.0  # a key looked up in the last seconds is not looked up again
+MAX_UNWRITTEN_AUDIT = 10_000  # audit entries kept in memory while the store is down
+
+log = logging.getLogger(__name__)
 WRITE_ROLES: frozenset[str] = frozenset({"admin", "servicing"})
 
 
@@ -77,6 +87,7 @@ class Access:
         self._clock = clock
         self._cache: dict[str, tuple[float, Principal]] = {}
         self.revoked_keys: set[str] = set()
+        self._unwritten: list[AuditEntry] = []  # the store was down when they were made
 
     async def principal(self, key: str) -> Principal | None:
         """The principal behind an API key, or None."""
@@ -86,7 +97,15 @@ class Access:
         cached = self._cache.get(key_hash)
         if cached is not None and time.monotonic() - cached[0] < CACHE_S:
             return cached[1]
-        found = await self._store.key_by_hash(key_hash)
+        try:
+            found = await self._store.key_by_hash(key_hash)
+        except Exception as exc:
+            if cached is not None:  # the store is down: trust what it said last
+                return cached[1]
+            log.warning("API key not checked, the store is unavailable: %s", exc)
+            raise HTTPException(
+                503, "the key store is unavailable and this key was not seen lately; try again"
+            ) from None
         if found is None or not hmac.compare_digest(found[0].key_hash, key_hash):
             self._cache.pop(key_hash, None)
             return None
@@ -133,9 +152,24 @@ class Access:
         remote_addr: str,
         **details: object,
     ) -> None:
-        await self._store.append_audit(
-            [AuditEntry(self._clock(), actor, action, vehicle_id, remote_addr, dict(details))]
-        )
+        entry = AuditEntry(self._clock(), actor, action, vehicle_id, remote_addr, dict(details))
+        if len(self._unwritten) >= MAX_UNWRITTEN_AUDIT:
+            await self.flush_audit()
+            if len(self._unwritten) >= MAX_UNWRITTEN_AUDIT:
+                raise HTTPException(503, "the audit log cannot be written now; try again later")
+        self._unwritten.append(entry)
+        await self.flush_audit()
+
+    async def flush_audit(self) -> None:
+        """Write the audit entries kept in memory; keep them if the store is down."""
+        batch, self._unwritten = self._unwritten, []
+        if not batch:
+            return
+        try:
+            await self._store.append_audit(batch)
+        except Exception as exc:
+            self._unwritten[:0] = batch
+            log.warning("%d audit entries kept in memory, not written: %s", len(batch), exc)
 
     def share_state(self, share: Share) -> str | None:
         """Why a share no longer opens anything ("revoked", "expired"), or None."""

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 import tracker
 from protocols.messages import Heartbeat, Message, Other, Position
+from tracker import logs
 from tracker import settings as settings_module
 from tracker.settings import ConfigError, Settings
 
@@ -26,20 +26,21 @@ def _load(args: argparse.Namespace) -> Settings:
         raise SystemExit(EXIT_CONFIG) from None
 
 
-def _run(coro: Any) -> None:
-    asyncio.run(coro)
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from tracker.server import serve
 
     settings = _load(args)
+    logs.configure(settings.log_format, (args.log_level or settings.log_level).upper())
     try:
-        _run(serve(settings))
+        status: int = _run(serve(settings))  # 1: stopped before storing all it was sent
     except OSError as exc:
         print(f"tracker: cannot start: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return status
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -175,7 +176,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="tracker", description=tracker.__doc__)
     top.add_argument("--version", action="version", version=tracker.__version__)
-    top.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    top.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING (default: the log.level setting, INFO)"
+    )
     commands = top.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the server until Ctrl-C / SIGTERM")
@@ -215,9 +218,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure("text", (args.log_level or "INFO").upper())  # serve: log.format, log.level
     result: int = args.func(args)
     return result
 

@@ -4,6 +4,13 @@ One connection, one task, so a unit's messages stay in order. The loop reads,
 feeds the codec, lets the ``Session`` handle the messages (which waits for the
 batch holding its positions to commit), then writes the replies. While it
 waits it does not read, so a unit that floods is pushed back by TCP.
+
+Hostile and broken input (``tracker.limits``): connections over the caps per
+address and in all are closed at once; a connection is closed when it stays
+silent for ``idle_timeout_s``, when no known unit has spoken on it within
+``login_timeout_s`` of connecting or within ``max_bytes_before_login`` bytes;
+one sending more than ``max_frames_per_s`` is not read for a moment. Each
+closing is counted as ``connections_rejected.<protocol>.<reason>``.
 """
 
 from __future__ import annotations
@@ -12,14 +19,16 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from typing import cast
 
 import protocols
-from protocols import Heartbeat, Login, Message, Position, ProtocolError
+from protocols import Heartbeat, Message, Position, ProtocolError
 from tracker.devices import Registry
 from tracker.ingest import Pipeline, StoreUnavailable
-from tracker.settings import ProtocolSettings
+from tracker.limits import Connections, Guard, Refusals, Refused
+from tracker.settings import GatewaySettings, ProtocolSettings
 from tracker.store import StoredPosition, Unit
 
 log = logging.getLogger(__name__)
@@ -38,6 +47,13 @@ class Session:
         self.stats = pipeline.stats
         self.unit: Unit | None = None
         self.refused = False  # an unknown unit: close after its login
+        self.frames = 0  # decoded or dropped by the codec, for the frame-rate limit
+        self.committed = 0  # positions the last feed stored: their ack latency is measured
+
+    @property
+    def log_extra(self) -> dict[str, str | None]:
+        """``extra`` for log lines about this connection's unit."""
+        return {"unique_id": self.unit.unique_id if self.unit else None, "protocol": self.protocol}
 
     async def feed(self, codec: protocols.Codec, data: bytes) -> list[bytes]:
         """Decode ``data`` and handle what it completes; return the replies.
@@ -51,7 +67,9 @@ class Session:
         finally:
             for reason, count in codec.stats.items():
                 self.stats[f"frames_dropped.{self.protocol}.{reason}"] += count
+                self.frames += count if reason != "garbage_bytes" else 0
             codec.stats.clear()
+        self.frames += len(messages)
         replies = await self.handle(messages)
         self.stats[f"replies.{self.protocol}"] += len(replies)
         return replies
@@ -70,7 +88,8 @@ class Session:
             if unit is None:
                 if self.refused:
                     break
-                self.stats[f"messages_dropped.{self.protocol}.before_login"] += 1
+                reason = "before_login" if self.unit is None else "other_unit"
+                self.stats[f"messages_dropped.{self.protocol}.{reason}"] += 1
                 continue
             if isinstance(message, Position):
                 self.stats[f"positions.{self.protocol}"] += 1
@@ -84,15 +103,17 @@ class Session:
             if message.reply is not None:
                 replies.append(message.reply)
         await self._pipeline.commit(rows)
+        self.committed = len(rows)
         return replies
 
     async def _unit_for(self, message: Message) -> Unit | None:
+        """The unit this message speaks for. A connection belongs to the unit
+        that identified itself first: a message (or a second login) naming
+        another unit is dropped, never stored under either of them."""
         unique_id = message.unique_id
-        if isinstance(message, Login) or (self.unit is None and unique_id):
-            if unique_id is None:
-                return None
-            if self.unit is not None and self.unit.unique_id == unique_id:
-                return self.unit
+        if self.unit is not None:
+            return self.unit if unique_id in (None, self.unit.unique_id) else None
+        if unique_id is not None:
             unit = self._registry.unit_for(unique_id)
             if unit is None:
                 now: datetime = self._pipeline.clock()
@@ -100,13 +121,17 @@ class Session:
             if unit is None:
                 self.stats[f"units_refused.{self.protocol}"] += 1
                 log.info(
-                    "refused unknown unit %s (%s) from %s", unique_id, self.protocol, self.peer
+                    "refused unknown unit %s (%s) from %s",
+                    unique_id,
+                    self.protocol,
+                    self.peer,
+                    extra={"unique_id": unique_id, "protocol": self.protocol},
                 )
                 self.refused = True
                 return None
             self.unit = unit
             return unit
-        return self.unit
+        return None
 
 
 def _codec(settings: ProtocolSettings, transport: str) -> protocols.Codec:
@@ -119,20 +144,37 @@ def _codec(settings: ProtocolSettings, transport: str) -> protocols.Codec:
 
 
 class Gateway:
-    """One TCP listener per binary protocol (and a UDP one where ``settings.udp``)."""
+    """One TCP listener per binary protocol (and a UDP one where ``settings.udp``).
 
-    def __init__(self, settings: ProtocolSettings, registry: Registry, pipeline: Pipeline) -> None:
+    ``connections``: the caps, and the connections open under them, shared by all listeners.
+    """
+
+    def __init__(
+        self,
+        settings: ProtocolSettings,
+        registry: Registry,
+        pipeline: Pipeline,
+        connections: Connections | None = None,
+    ) -> None:
         self.settings = settings
         self._registry = registry
         self._pipeline = pipeline
         self.stats: Counter[str] = pipeline.stats
+        self._open = connections or Connections(GatewaySettings())
+        self._refusals = Refusals(self.stats, settings.name)
         self._server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._udp: UdpListener | None = None
+        # metrics: (protocol, seconds) from the read completing positions to their ack written
+        self.on_ack: Callable[[str, float], None] = lambda protocol, seconds: None
 
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     @property
     def port(self) -> int | None:
@@ -156,6 +198,12 @@ class Gateway:
             self._udp = UdpListener(self.settings, self._registry, self._pipeline)
             await self._udp.start(self.port)
 
+    def stop_accepting(self) -> None:
+        """Close the TCP listening socket; open connections carry on (the first step
+        of a graceful stop: they still get the acks for what the pipeline flushes)."""
+        if self._server is not None:
+            self._server.close()
+
     async def stop(self) -> None:
         if self._udp is not None:
             await self._udp.stop()
@@ -169,56 +217,101 @@ class Gateway:
             self._server = None
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        ip, peer = (peername[0], f"{peername[0]}:{peername[1]}") if peername else ("?", "?")
+        if (reason := self._open.admit(ip)) is not None:
+            self._refusals.count(reason, peer)
+            writer.transport.abort()  # at once: nothing to send, no buffers to keep
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, peer)
         except asyncio.CancelledError:
             pass  # stopping: asyncio's stream callback must not see a cancelled task
         finally:
             self._connections.discard(task)
+            self._open.release(ip)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str
+    ) -> None:
+        loop = asyncio.get_running_loop()
         codec = _codec(self.settings, "tcp")
         session = Session(self.name, peer, self._registry, self._pipeline)
+        guard = Guard(self.settings, self._open.settings, loop.time())
         self.stats[f"connections.{self.name}"] += 1
         first_bytes = b""
         try:
-            while data := await reader.read(READ_SIZE):
+            while data := await self._read(reader, guard, session.unit is not None):
                 first_bytes = first_bytes or data[:32]
+                read_at, frames = loop.time(), session.frames
                 replies = await session.feed(codec, data)
                 if replies:
                     writer.write(b"".join(replies))
-                    await writer.drain()
+                    await self._drain(writer)
+                    if session.committed:
+                        self.on_ack(self.name, loop.time() - read_at)
                 if session.refused:
                     break
+                guard.received(len(data), session.unit is not None)
+                over, pause_s = guard.frames(session.frames - frames, loop.time())
+                if over:  # pushback: TCP holds the rest while we do not read
+                    self.stats[f"frames_throttled.{self.name}"] += over
+                    await asyncio.sleep(pause_s)
+                elif session.unit is None:
+                    await asyncio.sleep(0)  # a stranger waits its turn (Guard.STRANGER_READ)
+        except Refused as exc:
+            self._refusals.count(exc.reason, peer, exc.detail, session.log_extra)
         except ProtocolError as exc:
-            self.stats[f"connections_rejected.{self.name}.protocol_error"] += 1
-            log.warning("%s %s: %s; first bytes %s", self.name, peer, exc, first_bytes.hex())
+            detail = f"{exc}; first bytes {first_bytes.hex()}"
+            self._refusals.count("protocol_error", peer, detail, session.log_extra)
         except StoreUnavailable as exc:
-            self.stats[f"connections_rejected.{self.name}.store_unavailable"] += 1
-            log.warning("%s %s: closing, positions not stored: %s", self.name, peer, exc)
+            detail = f"positions not stored: {exc}"
+            self._refusals.count("store_unavailable", peer, detail, session.log_extra)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s %s: connection failed", self.name, peer)
+            log.exception("%s %s: connection failed", self.name, peer, extra=session.log_extra)
         finally:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _read(self, reader: asyncio.StreamReader, guard: Guard, identified: bool) -> bytes:
+        """The next bytes, or b"" at the end of the stream.
+
+        Raises:
+            Refused: nothing came in time (``idle`` or ``login_timeout``).
+        """
+        deadline, reason = guard.deadline(identified, asyncio.get_running_loop().time())
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await reader.read(guard.read_size(identified, READ_SIZE))
+        except TimeoutError:
+            raise Refused(reason) from None
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Wait until the unit takes our replies, as long as it may stay silent.
+
+        Raises:
+            Refused: ``idle``, it stopped reading.
+        """
+        try:
+            async with asyncio.timeout(self.settings.idle_timeout_s):
+                await writer.drain()
+        except TimeoutError:
+            raise Refused("idle", "not reading its replies") from None
+
 
 class UdpListener(asyncio.DatagramProtocol):
     """UDP units: one codec and session per peer address, one task per peer so a
     peer's datagrams stay in order; replies go back to the address they came from.
-    A peer silent for ``PEER_IDLE_S`` is forgotten; at most ``MAX_PEERS`` at once."""
+    A peer silent for ``idle_timeout_s`` is forgotten; at most ``MAX_PEERS`` at once."""
 
-    PEER_IDLE_S = 300.0
     MAX_PEERS = 100_000
     QUEUE = 64  # datagrams waiting per peer; more are dropped (the unit resends)
 
@@ -280,7 +373,7 @@ class UdpListener(asyncio.DatagramProtocol):
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(queue.get(), self.PEER_IDLE_S)
+                    data = await asyncio.wait_for(queue.get(), self.settings.idle_timeout_s)
                 except TimeoutError:
                     return
                 try:
@@ -288,7 +381,12 @@ class UdpListener(asyncio.DatagramProtocol):
                 except ProtocolError as exc:
                     self.stats[f"datagrams_dropped.{self.name}.protocol_error"] += 1
                     log.warning(
-                        "%s udp %s: %s; first bytes %s", self.name, peer, exc, data[:32].hex()
+                        "%s udp %s: %s; first bytes %s",
+                        self.name,
+                        peer,
+                        exc,
+                        data[:32].hex(),
+                        extra=session.log_extra,
                     )
                     codec = _codec(self.settings, "udp")
                     continue
@@ -303,6 +401,6 @@ class UdpListener(asyncio.DatagramProtocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("%s udp %s: peer failed", self.name, peer)
+            log.exception("%s udp %s: peer failed", self.name, peer, extra=session.log_extra)
         finally:
             self._peers.pop(addr, None)

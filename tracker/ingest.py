@@ -9,6 +9,18 @@ Group commit: the first row to arrive while the writer is idle starts a short
 timer (``max_delay_s``); a full batch (``max_rows``) is written at once; rows
 that arrive while a batch is being written form the next batch, written as
 soon as the current one commits.
+
+Outages: a batch the store does not take is kept and written again, after
+``retry_first_s`` doubling to ``retry_max_s``, until it commits (the store's
+connection pool reconnects by itself). Meanwhile the commits waiting on it do
+not return, so nothing is acknowledged, and their connections read nothing
+more: TCP pushes back on the units, which keep their fixes. At most
+``max_pending_rows`` rows are held (the batch being retried included); a
+commit that would hold more waits for room before its rows join. When the
+store blames the rows instead (``Store.rejects_rows``: a value or constraint
+it will never accept), each commit's rows are written alone, and only those
+it still rejects raise ``StoreUnavailable``. ``store_healthy`` says whether
+the last write or ping worked (the writer pings when idle, for ``/readyz``).
 """
 
 from __future__ import annotations
@@ -16,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -29,6 +41,12 @@ from tracker.live import Hub
 from tracker.store import Store, StoredPosition, Unit
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST_S = 0.1
+RETRY_MAX_S = 5.0
+PROBE_EVERY_S = 5.0  # an idle writer pings the store this often, so readiness follows it
+PING_TIMEOUT_S = 5.0
+WRITE_TIMEOUT_S = 30.0  # a batch taking longer is taken for a hung store, and retried
 
 
 def utcnow() -> datetime:
@@ -44,14 +62,22 @@ class Observer(Protocol):
 
 
 class StoreUnavailable(Exception):
-    """The batch holding these positions did not commit: do not acknowledge them."""
+    """These positions were not stored (the pipeline stopped first, or the store
+    refuses these very rows): do not acknowledge them."""
+
+
+# The rows of one commit() call and the future its caller waits on.
+Group = tuple[list[StoredPosition], asyncio.Future[None]]
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, str):
+        # PostgreSQL text and jsonb cannot hold NUL: such a row would never be stored
+        return value.replace("\x00", "\ufffd")
     if isinstance(value, bytes | bytearray):
         return value.hex()
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {_jsonable(str(k)): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, datetime):
@@ -69,8 +95,13 @@ class Pipeline:
         *,
         max_rows: int = 2000,
         max_delay_s: float = 0.005,
+        max_pending_rows: int = 100_000,
         future_limit: timedelta = timedelta(days=1),
         clock: Callable[[], datetime] = utcnow,
+        retry_first_s: float = RETRY_FIRST_S,
+        retry_max_s: float = RETRY_MAX_S,
+        probe_every_s: float = PROBE_EVERY_S,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
     ) -> None:
         self._store = store
         self._cache = cache
@@ -78,14 +109,46 @@ class Pipeline:
         self.stats = stats
         self.max_rows = max_rows
         self.max_delay_s = max_delay_s
+        self.max_pending_rows = max_pending_rows
         self.future_limit = future_limit
         self.clock = clock
-        self._pending: list[tuple[list[StoredPosition], asyncio.Future[None]]] = []
+        self.retry_first_s = retry_first_s
+        self.retry_max_s = retry_max_s
+        self.probe_every_s = probe_every_s
+        self.write_timeout_s = write_timeout_s
+        self._pending: deque[Group] = deque()  # joined the buffer, not yet taken
         self._pending_rows = 0
+        self._writing: list[Group] = []  # the batch being written (or retried)
+        self._writing_rows = 0
+        self._waiting: deque[Group] = deque()  # no room in the buffer yet
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
+        self._drained = asyncio.Event()  # nothing pending, writing or waiting
+        self._drained.set()
         self._writer: asyncio.Task[None] | None = None
+        self._closed = False  # stopping: no new rows
+        self._committers = 0  # commit() calls not yet returned
+        self._no_committers = asyncio.Event()
+        self._no_committers.set()
+        self.store_healthy = True  # the last write or ping worked
+        self.store_error: str | None = None  # why not, while not
+        self._down_since = 0.0
+        self._last_ok = 0.0  # loop time of the last write or ping that worked
+        self.abandoned_rows = 0  # rows left unwritten by stop(): never acknowledged
         self.observer: Observer | None = None
+        # metrics: (rows, seconds, ok) of each batch the store was asked to commit
+        self.on_batch: Callable[[int, float, bool], None] = lambda rows, seconds, ok: None
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows held for the store: queued and being written (at most
+        ``max_pending_rows``, unless one commit alone is larger)."""
+        return self._pending_rows + self._writing_rows
+
+    @property
+    def waiting_commits(self) -> int:
+        """Commits waiting for room in the buffer; their connections read nothing meanwhile."""
+        return len(self._waiting)
 
     def accept(self, unit: Unit, protocol: str, position: Position) -> StoredPosition | None:
         """The row to store for this fix, or None if a filter drops it (counted)."""
@@ -126,80 +189,278 @@ class Pipeline:
     async def commit(self, rows: list[StoredPosition]) -> None:
         """Return once ``rows`` are durable, cached and published.
 
+        While the store is down this waits (the batch is retried); while the
+        buffer is full it first waits for room. Either way the caller, not
+        having returned, reads nothing more from its unit.
+
         Raises:
-            StoreUnavailable: the batch failed; the caller must not acknowledge.
+            StoreUnavailable: the rows were not stored: the pipeline is stopping
+                or stopped, or the store refuses these rows while it takes
+                others. The caller must not acknowledge them.
         """
         if not rows:
             return
-        if self._writer is None:
-            raise StoreUnavailable("the pipeline is not running")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((rows, future))
-        self._pending_rows += len(rows)
+        if self._writer is None or self._closed:
+            raise StoreUnavailable("the server is stopping" if self._closed else "not running")
+        group: Group = (rows, asyncio.get_running_loop().create_future())
         self.stats["positions_in"] += len(rows)
-        self._has_work.set()
-        if self._pending_rows >= self.max_rows:
-            self._full.set()
-        # shield: a unit that disconnects does not cancel the batch others wait on
-        await asyncio.shield(future)
+        if self._waiting or not self._has_room(len(rows)):
+            self._waiting.append(group)  # first come, first in, as the buffer drains
+            self._drained.clear()
+            self.stats["commits_waited_for_room"] += 1
+        else:
+            self._join(group)
+        self._committers += 1
+        self._no_committers.clear()
+        try:
+            # shield: a unit that disconnects does not cancel the batch others wait on
+            await asyncio.shield(group[1])
+        finally:
+            self._committers -= 1
+            if not self._committers:
+                self._no_committers.set()
 
     def start(self) -> None:
+        self._closed = False
         self._writer = asyncio.create_task(self._write_loop(), name="group-commit")
 
-    async def stop(self) -> None:
-        """Write what is pending, then stop the writer."""
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Take no more rows; write those already handed over (retrying while the
+        store is down) for at most ``timeout_s`` (None: no limit), then stop the
+        writer. Rows still unwritten then are abandoned: their commits raise
+        ``StoreUnavailable`` (counted in ``abandoned_rows``). Returns once every
+        commit has returned, so that their callers have written their acks
+        before anyone closes the connections."""
         if self._writer is None:
             return
-        while self._pending:
-            await self._write_batch()
+        self._closed = True
+        self._full.set()  # nobody else is coming: no group-commit delay
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._drained.wait()
+        except TimeoutError:
+            log.error(
+                "stopping: %d positions not stored within %.1f s (store: %s)",
+                self.pending_rows + sum(len(rows) for rows, _ in self._waiting),
+                timeout_s,
+                self.store_error or "slow",
+            )
+        writing = list(self._writing)  # the writer forgets them as it is cancelled
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
         self._writer = None
+        self._abandon([*writing, *self._pending, *self._waiting])
+        self._writing, self._writing_rows = [], 0
+        self._pending.clear()
+        self._pending_rows = 0
+        self._waiting.clear()
+        self._has_work.clear()
+        self._drained.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):  # each is runnable already: one loop pass or two
+                await self._no_committers.wait()
+
+    def _abandon(self, groups: list[Group]) -> None:
+        rows = 0
+        for group_rows, future in groups:
+            if not future.done():
+                rows += len(group_rows)
+                future.set_exception(StoreUnavailable("the server stopped before storing them"))
+        if rows:
+            self.abandoned_rows += rows
+            self.stats["positions_abandoned"] += rows
+            log.warning("%d positions not stored and not acknowledged: units send them again", rows)
+
+    # the buffer
+
+    def _has_room(self, rows: int) -> bool:
+        held = self.pending_rows
+        return held == 0 or held + rows <= self.max_pending_rows
+
+    def _join(self, group: Group) -> None:
+        self._pending.append(group)
+        self._pending_rows += len(group[0])
+        self._drained.clear()
+        self._has_work.set()
+        if self._pending_rows >= self.max_rows:
+            self._full.set()
+
+    def _admit(self) -> None:
+        """Let waiting commits in, in order, as far as there is room."""
+        while self._waiting and self._has_room(len(self._waiting[0][0])):
+            group = self._waiting.popleft()
+            if not group[1].done():
+                self._join(group)
+
+    def _take_batch(self) -> list[Group]:
+        groups: list[Group] = []
+        rows = 0
+        while self._pending and (not rows or rows + len(self._pending[0][0]) <= self.max_rows):
+            group = self._pending.popleft()
+            groups.append(group)
+            rows += len(group[0])
+        self._pending_rows -= rows
+        self._writing, self._writing_rows = groups, rows
+        if not self._pending:
+            self._has_work.clear()
+        if self._pending_rows < self.max_rows:
+            self._full.clear()
+        return groups
+
+    # the writer
 
     async def _write_loop(self) -> None:
         idle = True
         while True:
-            await self._has_work.wait()
-            if idle and self._pending_rows < self.max_rows and self.max_delay_s > 0:
+            if not self._has_work.is_set():
+                if not self._waiting:
+                    self._drained.set()
+                try:
+                    async with asyncio.timeout(self.probe_every_s):
+                        await self._has_work.wait()
+                except TimeoutError:
+                    await self._probe()
+                    continue
+            wait = idle and self.max_delay_s > 0 and not self._closed  # closed: none to wait for
+            if wait and self._pending_rows < self.max_rows:
                 # the writer was idle: give other units a moment to join this batch
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_delay_s)
             await self._write_batch()
             idle = not self._pending
 
-    def _take_batch(self) -> tuple[list[StoredPosition], list[asyncio.Future[None]]]:
-        rows: list[StoredPosition] = []
-        futures: list[asyncio.Future[None]] = []
-        while self._pending and (not rows or len(rows) + len(self._pending[0][0]) <= self.max_rows):
-            group, future = self._pending.pop(0)
-            rows.extend(group)
-            futures.append(future)
-        self._pending_rows -= len(rows)
-        if not self._pending:
-            self._has_work.clear()
-        if self._pending_rows < self.max_rows:
-            self._full.clear()
-        return rows, futures
-
     async def _write_batch(self) -> None:
-        rows, futures = self._take_batch()
-        if not rows:
+        groups = self._take_batch()
+        if not groups:
             return
         try:
-            inserted = await self._store.insert_positions(rows)
-        except Exception as exc:
-            log.error("batch of %d positions not stored: %s", len(rows), exc)
-            self.stats["batches_failed"] += 1
-            for future in futures:
+            await self._write(groups)
+        finally:
+            self._writing, self._writing_rows = [], 0
+            self._admit()
+
+    async def _write(self, groups: list[Group]) -> None:
+        """Write these commits' rows as one batch, however long the store is away."""
+        rows = [row for group_rows, _ in groups for row in group_rows]
+        delay = self.retry_first_s
+        retried = False  # at once, if the store answers: a pooled connection that broke
+        while True:
+            result = await self._insert(rows)
+            if not isinstance(result, Exception):
+                self._committed(groups, rows, result)
+                return
+            if self._store.rejects_rows(result):
+                self.stats["batches_failed"] += 1
+                log.error(
+                    "batch of %d positions refused (%s); writing each unit's rows alone",
+                    len(rows),
+                    _describe(result),
+                )
+                groups, result = await self._write_alone(groups, result)
+                if not groups:
+                    return
+                rows = [row for group_rows, _ in groups for row in group_rows]
+            elif not retried and not isinstance(result, TimeoutError):
+                retried = await self._ping() is None  # (the pool has dropped a broken one)
+                if retried:
+                    continue
+            self._store_down(result)
+            self.stats["batch_retries"] += 1
+            log.debug("batch of %d positions: retrying in %.1f s", len(rows), delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)
+
+    async def _write_alone(
+        self, groups: list[Group], error: Exception
+    ) -> tuple[list[Group], Exception]:
+        """Write each commit's rows on its own; refuse those the store rejects.
+        Returns the commits the store failed to write meanwhile, and why."""
+        left: list[Group] = []
+        for group in groups:
+            rows, future = group
+            result = await self._insert(rows)
+            if not isinstance(result, Exception):
+                self._committed([group], rows, result)
+            elif self._store.rejects_rows(result):
+                self.stats["positions_refused"] += len(rows)
+                log.error(
+                    "%d positions of unit %s refused by the store, not acknowledged: %s",
+                    len(rows),
+                    rows[0].unique_id,
+                    _describe(result),
+                    extra={"unique_id": rows[0].unique_id, "protocol": rows[0].protocol},
+                )
                 if not future.done():
-                    future.set_exception(StoreUnavailable(str(exc)))
+                    future.set_exception(StoreUnavailable(_describe(result)))
+            else:
+                left.append(group)
+                error = result
+        return left, error
+
+    async def _insert(self, rows: list[StoredPosition]) -> int | Exception:
+        """How many rows were new, or why the store did not take them."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(self.write_timeout_s):
+                inserted = await self._store.insert_positions(rows)
+        except Exception as exc:
+            self.on_batch(len(rows), loop.time() - started, False)
+            return exc
+        self.on_batch(len(rows), loop.time() - started, True)
+        self._store_up()
+        return inserted
+
+    async def _ping(self) -> Exception | None:
+        try:
+            async with asyncio.timeout(PING_TIMEOUT_S):
+                await self._store.ping()
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _probe(self) -> None:
+        """Idle: find out whether the store is still there (or back)."""
+        loop = asyncio.get_running_loop()
+        if self.store_healthy and loop.time() - self._last_ok < self.probe_every_s:
             return
+        error = await self._ping()
+        if error is None:
+            self._store_up()
+        else:
+            self._store_down(error)
+
+    def _store_down(self, error: Exception) -> None:
+        self.store_error = _describe(error)
+        if self.store_healthy:
+            self.store_healthy = False
+            self._down_since = asyncio.get_running_loop().time()
+            self.stats["store_outages"] += 1
+            log.error(
+                "store unavailable (%s): holding %d positions unacknowledged, retrying",
+                self.store_error,
+                self.pending_rows,
+            )
+
+    def _store_up(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_ok = loop.time()
+        if not self.store_healthy:
+            self.store_healthy = True
+            self.store_error = None
+            log.warning(
+                "store available again after %.1f s; writing %d held positions",
+                loop.time() - self._down_since,
+                self.pending_rows,
+            )
+
+    def _committed(self, groups: list[Group], rows: list[StoredPosition], inserted: int) -> None:
         self.stats["batches"] += 1
         self.stats["positions_stored"] += inserted
         self.stats["positions_deduplicated"] += len(rows) - inserted
         self._after_commit(rows)
-        for future in futures:
+        for _, future in groups:
             if not future.done():
                 future.set_result(None)
 
@@ -217,3 +478,12 @@ class Pipeline:
             except Exception:  # a rule bug must not hold back acknowledgements
                 log.exception("rules failed on a batch of %d positions", len(rows))
                 self.stats["rule_failures"] += 1
+
+
+def _describe(error: BaseException) -> str:
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    first = error.__context__
+    if first is not None and error.__cause__ is None and not error.__suppress_context__:
+        # raised while cleaning up after another (a rollback on a dead connection)
+        text += f" (after {_describe(first)})"
+    return text

@@ -1,9 +1,12 @@
 """Wiring: settings -> store, registry, cache, pipeline, hub, listeners, HTTP.
 
 ``Server.start`` brings everything up (ports 0 are resolved to the ones the
-OS gave), ``Server.stop`` takes it down in reverse: listeners first, then the
-pending batch is flushed, then the store closes. ``serve`` runs it until
-SIGINT or SIGTERM. Tests start the same ``Server`` on free ports.
+OS gave). ``Server.stop`` takes it down within ``shutdown_grace_s``, in the
+order that keeps the promise "acknowledged means stored": listeners stop
+accepting; the pipeline stores what units already sent while their
+connections are still open to carry the acks; then connections close, then
+the background writers and the store. ``serve`` runs it until SIGINT or
+SIGTERM. Tests start the same ``Server`` on free ports.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import secrets
 import signal
@@ -31,7 +35,9 @@ from tracker.events import Events
 from tracker.fences import Fences
 from tracker.gateway import Gateway
 from tracker.ingest import Pipeline, utcnow
+from tracker.limits import Connections
 from tracker.live import Hub
+from tracker.metrics import Metrics
 from tracker.retention import Retention
 from tracker.rules import RuleEngine
 from tracker.settings import Settings
@@ -100,6 +106,7 @@ class Server:
             self.stats,
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_ms / 1000,
+            max_pending_rows=settings.max_pending_rows,
             future_limit=timedelta(seconds=settings.future_limit_s),
             clock=clock,
         )
@@ -142,14 +149,16 @@ class Server:
             closed_purge_days=settings.retention_closed_purge_days,
             clock=clock,
         )
+        self.connections = Connections(settings.gateway)  # caps shared by every listener
         self.gateways = [
-            Gateway(p, self.registry, self.pipeline)
+            Gateway(p, self.registry, self.pipeline, self.connections)
             for p in settings.protocols
             if p.port is not None and p.name in CODECS
         ]
         self._http: list[tuple[str, _EmbeddedUvicorn, asyncio.Task[None]]] = []
         self.ports: dict[str, int] = {}
         self.udp_ports: dict[str, int] = {}
+        self.metrics = Metrics(self)  # last: it hooks into the pipeline and the gateways
 
     async def start(self) -> None:
         from tracker.api import create_app
@@ -183,11 +192,13 @@ class Server:
             host=host,
             port=port,
             log_level="warning",
+            log_config=None,  # its records go to our handlers (log.format)
             lifespan="off",
             access_log=False,
             ws="websockets-sansio",
             ws_ping_interval=20.0,  # keeps live sockets open behind proxies
             ws_ping_timeout=20.0,
+            timeout_graceful_shutdown=math.ceil(self.settings.shutdown_grace_s),
         )
         server = _EmbeddedUvicorn(config)
         task = asyncio.create_task(server.serve(), name=f"uvicorn-{name}")
@@ -200,20 +211,31 @@ class Server:
         return server.port
 
     async def stop(self) -> None:
+        """Stop accepting, store and acknowledge what units sent, then close.
+
+        Positions still unstored when the grace period is nearly over (the store
+        is down) are not acknowledged: units keep them and send them again.
+        """
         if not self.ports:
             return  # not started, or stopped already
+        loop = asyncio.get_running_loop()
+        grace_s = self.settings.shutdown_grace_s
+        flush_by = loop.time() + grace_s - min(1.0, grace_s / 4)  # a moment kept for closing
+        for gateway in self.gateways:
+            gateway.stop_accepting()
+        for _, server, _ in self._http:
+            server.should_exit = True  # stops accepting; requests in flight finish
+        await self.pipeline.stop(timeout_s=max(0.0, flush_by - loop.time()))
         for gateway in self.gateways:
             await gateway.stop()
-        for _, server, _ in self._http:
-            server.should_exit = True
         for _, _, task in self._http:
             with contextlib.suppress(Exception):
                 await task
         self._http.clear()
-        await self.pipeline.stop()
         await self.retention.stop()
         await self.events.stop()
         await self.webhooks.stop()
+        await self.access.flush_audit()
         await self.store.close()
         self.ports.clear()
         self.udp_ports.clear()
@@ -242,8 +264,13 @@ def _redact(url: str) -> str:
     return url
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT or SIGTERM, then stop cleanly."""
+async def serve(settings: Settings) -> int:
+    """Run until SIGINT or SIGTERM, then stop within ``shutdown_grace_s``.
+
+    Returns the exit status: 0 once everything units sent before the signal is
+    stored and acknowledged; 1 when some of it was not (the store was down;
+    units send it again) or stopping took longer than the grace period.
+    """
     server = Server(settings)
     await server.start()
     print(server.describe(), flush=True)
@@ -253,4 +280,12 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("tracker: stopping", flush=True)
-    await server.stop()
+    try:
+        async with asyncio.timeout(settings.shutdown_grace_s):
+            await server.stop()
+    except TimeoutError:
+        log.error(
+            "not stopped within server.shutdown_grace_s (%g s): exiting", settings.shutdown_grace_s
+        )
+        return 1
+    return 1 if server.pipeline.abandoned_rows else 0

@@ -35,6 +35,8 @@ DEFAULT_PORTS: dict[str, int] = {
 }
 HTTP_PROTOCOLS = frozenset({"osmand"})
 DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+DEFAULT_IDLE_TIMEOUT_S = 600.0
+DEFAULT_LOGIN_TIMEOUT_S = 30.0
 
 
 class ConfigError(ValueError):
@@ -49,6 +51,22 @@ class ProtocolSettings:
     accept_bad_crc: bool = False
     udp: bool = False  # also listen for UDP datagrams on the same port number
     speed_unit: str = "kn"  # OsmAnd only: kn, kmh, mps, mph
+    # TCP: close a connection silent this long, or not identified (no login) this long after
+    # it opened; UDP: forget a peer silent this long. Not used by HTTP protocols.
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    login_timeout_s: float = DEFAULT_LOGIN_TIMEOUT_S
+    # HTTP protocols only: each request carries the unit's secret= (tracker/unit_secrets.py)
+    require_secret: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    """Limits on TCP connections of units, shared by every binary protocol (``gateway.*``)."""
+
+    max_connections: int = 100_000
+    max_connections_per_ip: int = 100  # units behind one carrier NAT share an address
+    max_bytes_before_login: int = 4096  # without a message from a known unit: close
+    max_frames_per_s: int = 200  # per connection, bursts of one second's worth; then pushback
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +79,20 @@ class Settings:
     register_unknown_units: bool = False
     batch_max_rows: int = 2000
     batch_max_delay_ms: float = 5.0
+    # positions held unacknowledged while the store is down; past it, units are not read
+    max_pending_rows: int = 100_000
+    shutdown_grace_s: float = 10.0  # SIGTERM: time to store and acknowledge what is in flight
     future_limit_s: int = 86_400
     map_tile_url: str = DEFAULT_TILE_URL  # the live map's base layer; markers work without it
     rules: RuleSettings = field(default_factory=RuleSettings)
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
     # recovery and viewer users see positions only of vehicles in these loan states
     position_loan_states: frozenset[str] = frozenset({"delinquent", "recovery"})
     retention_positions_days: float = 180.0
     retention_closed_purge_days: float = 30.0
+    metrics_token: str | None = None  # GET /metrics wants "Authorization: Bearer <it>" when set
+    log_format: str = "text"  # or "json": one object per line
+    log_level: str = "INFO"
     protocols: tuple[ProtocolSettings, ...] = field(
         default_factory=lambda: tuple(
             ProtocolSettings(name, port, udp=name in _udp_protocols())
@@ -112,6 +137,13 @@ def _float(value: Any) -> float:
         raise ValueError(f"expected a number, got {value!r}") from None
     if number < 0:
         raise ValueError(f"expected a number >= 0, got {value!r}")
+    return number
+
+
+def _positive_float(value: Any) -> float:
+    number = _float(value)
+    if number <= 0:
+        raise ValueError(f"expected a number > 0, got {value!r}")
     return number
 
 
@@ -168,6 +200,24 @@ def _speed_unit(value: Any) -> str:
     return unit
 
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_format(value: Any) -> str:
+    text = _str(value).lower()
+    if text not in LOG_FORMATS:
+        raise ValueError(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return text
+
+
+def _log_level(value: Any) -> str:
+    level = _str(value).upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
 # dotted key -> parser. Protocol keys are added per known protocol below.
 _KEYS: dict[str, Callable[[Any], Any]] = {
     "http.host": _str,
@@ -178,11 +228,20 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "register_unknown_units": _bool,
     "store.batch_max_rows": _positive_int,
     "store.batch_max_delay_ms": _float,
+    "store.max_pending_rows": _positive_int,
+    "server.shutdown_grace_s": _float,
     "filters.future_limit_s": _positive_int,
     "map.tile_url": _tile_url,
     "access.position_loan_states": _loan_states,
     "retention.positions_days": _float,
     "retention.closed_purge_days": _float,
+    "gateway.max_connections": _positive_int,
+    "gateway.max_connections_per_ip": _positive_int,
+    "gateway.max_bytes_before_login": _positive_int,
+    "gateway.max_frames_per_s": _positive_int,
+    "metrics.token": _str,
+    "log.format": _log_format,
+    "log.level": _log_level,
 }
 _PROTOCOL_KEYS: dict[str, Callable[[Any], Any]] = {
     "port": _port,
@@ -190,7 +249,11 @@ _PROTOCOL_KEYS: dict[str, Callable[[Any], Any]] = {
     "accept_bad_crc": _bool,
     "udp": _bool,
     "speed_unit": _speed_unit,
+    "idle_timeout_s": _positive_float,
+    "login_timeout_s": _positive_float,
 }
+# Keys of the HTTP protocols only: a TCP unit has no way to send a secret.
+_HTTP_PROTOCOL_KEYS: dict[str, Callable[[Any], Any]] = {"require_secret": _bool}
 
 
 def _rule_keys() -> dict[str, Callable[[Any], Any]]:
@@ -234,6 +297,9 @@ def load(path: str | Path | None = None, environ: Mapping[str, str] | None = Non
     for proto in _known_protocols():
         for key, parse in _PROTOCOL_KEYS.items():
             keys[f"protocols.{proto}.{key}"] = parse
+        if proto in HTTP_PROTOCOLS:
+            for key, parse in _HTTP_PROTOCOL_KEYS.items():
+                keys[f"protocols.{proto}.{key}"] = parse
 
     raw: dict[str, Any] = {}
     if path is not None:
@@ -276,6 +342,9 @@ def _build(values: dict[str, Any]) -> Settings:
                 accept_bad_crc=values.get(prefix + "accept_bad_crc", False),
                 udp=values.get(prefix + "udp", proto in _udp_protocols()),
                 speed_unit=values.get(prefix + "speed_unit", "kn"),
+                idle_timeout_s=values.get(prefix + "idle_timeout_s", DEFAULT_IDLE_TIMEOUT_S),
+                login_timeout_s=values.get(prefix + "login_timeout_s", DEFAULT_LOGIN_TIMEOUT_S),
+                require_secret=values.get(prefix + "require_secret", False),
             )
         )
     http_port = values.get("http.port", defaults.http_port)
@@ -290,6 +359,8 @@ def _build(values: dict[str, Any]) -> Settings:
         register_unknown_units=values.get("register_unknown_units", False),
         batch_max_rows=values.get("store.batch_max_rows", defaults.batch_max_rows),
         batch_max_delay_ms=values.get("store.batch_max_delay_ms", defaults.batch_max_delay_ms),
+        max_pending_rows=values.get("store.max_pending_rows", defaults.max_pending_rows),
+        shutdown_grace_s=values.get("server.shutdown_grace_s", defaults.shutdown_grace_s),
         future_limit_s=values.get("filters.future_limit_s", defaults.future_limit_s),
         map_tile_url=values.get("map.tile_url", defaults.map_tile_url),
         protocols=tuple(protocols),
@@ -302,7 +373,13 @@ def _build(values: dict[str, Any]) -> Settings:
         retention_closed_purge_days=values.get(
             "retention.closed_purge_days", defaults.retention_closed_purge_days
         ),
+        metrics_token=values.get("metrics.token"),
+        log_format=values.get("log.format", defaults.log_format),
+        log_level=values.get("log.level", defaults.log_level),
         rules=RuleSettings(
             **{k.removeprefix("rules."): v for k, v in values.items() if k.startswith("rules.")}
+        ),
+        gateway=GatewaySettings(
+            **{k.removeprefix("gateway."): v for k, v in values.items() if k.startswith("gateway.")}
         ),
     )

@@ -90,12 +90,30 @@ async def test_full_batch_splits_at_max_rows(pipeline: Pipeline) -> None:
     assert pipeline.stats["batches"] >= 3  # max_rows=100
 
 
-async def test_failed_commit_is_not_acknowledged(pipeline: Pipeline, store: Store) -> None:
+async def test_commit_waits_out_a_store_outage(pipeline: Pipeline, store: Store) -> None:
+    import asyncio
+
     row = pipeline.accept(UNIT, "gt06", fix(5))
     assert row is not None
     await store.close()  # the store goes away under the pipeline
+    commit = asyncio.create_task(pipeline.commit([row]))
+    await asyncio.sleep(0.3)
+    assert not commit.done()  # not stored, so the caller cannot acknowledge yet
+    assert not pipeline.store_healthy
+    assert pipeline.pending_rows == 1
+    assert pipeline.stats["positions_stored"] == 0
+    assert pipeline.stats["batch_retries"] >= 1
+    await store.open()  # back (the fixture closes it again): the batch is retried
+    await asyncio.wait_for(commit, 5)
+    assert pipeline.store_healthy
+    assert pipeline.pending_rows == 0
+    assert pipeline.stats["positions_stored"] == 1
+
+
+async def test_stopped_pipeline_refuses_rows(pipeline: Pipeline) -> None:
+    row = pipeline.accept(UNIT, "gt06", fix(5))
+    assert row is not None
+    await pipeline.stop()
     with pytest.raises(StoreUnavailable):
         await pipeline.commit([row])
-    assert pipeline.stats["batches_failed"] == 1
-    assert pipeline.stats["positions_stored"] == 0
-    await store.open()  # the fixture closes it again
+    pipeline.start()  # the fixture stops it again

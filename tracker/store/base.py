@@ -255,6 +255,17 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
+    async def ping(self) -> None:
+        """One round trip to the database; raises whatever keeps it from answering.
+        The pipeline asks when a batch fails (a broken connection, or the store
+        gone?) and when idle (is the store still there?)."""
+
+    def rejects_rows(self, error: Exception) -> bool:
+        """Whether ``error`` from ``insert_positions`` blames the rows (a value or
+        constraint the store will never accept), not the store's ability to write
+        now (connection, disk, read-only, shutdown): such rows are refused, not
+        retried."""
+
     async def migrate(self) -> list[str]:
         """Apply pending migrations in order; return the names applied now."""
 

@@ -15,6 +15,7 @@ creates it again.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from collections.abc import Mapping, Sequence
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 # creator at a time across every process sharing the database.
 MIGRATION_LOCK = 0x7472_6B72_6D69_6701
 PARTITION_LOCK = 0x7472_6B72_7061_7201
+
+CLOSE_TIMEOUT_S = 5.0  # then the pool's connections are cut instead
 
 PARTITION_NAME = re.compile(r"positions_y(\d{4})m(\d{2})")
 
@@ -174,7 +177,20 @@ class PostgisStore(PostgisEvents, PostgisAccess):
     async def close(self) -> None:
         if self._pool_or_none is not None:
             pool, self._pool_or_none = self._pool_or_none, None
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:  # a server that does not answer: do not wait for it
+                pool.terminate()
+
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
+    def rejects_rows(self, error: Exception) -> bool:
+        if isinstance(error, ValueError | TypeError):  # a value the driver cannot encode
+            return True
+        # SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation)
+        sqlstate = getattr(error, "sqlstate", None) or ""
+        return isinstance(error, asyncpg.PostgresError) and sqlstate[:2] in ("22", "23")
 
     @property
     def _pool(self) -> asyncpg.Pool[asyncpg.Record]:
@@ -355,13 +371,21 @@ class PostgisStore(PostgisEvents, PostgisAccess):
         return _row_count(status)
 
     async def _insert(self, records: list[tuple[Any, ...]], months: set[tuple[int, int]]) -> str:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if months:
-                await _create_partitions(conn, months)
-            await conn.copy_records_to_table(
-                "positions_staging", records=records, columns=STAGING_COLUMNS
-            )
-            return await conn.execute(INSERT_FROM_STAGING)
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if months:
+                        await _create_partitions(conn, months)
+                    await conn.copy_records_to_table(
+                        "positions_staging", records=records, columns=STAGING_COLUMNS
+                    )
+                    return await conn.execute(INSERT_FROM_STAGING)
+            except BaseException as exc:
+                if _connection_broken(exc):
+                    # never handed out again: the pool connects afresh on a later acquire
+                    # (resetting it on release could wait forever on a dead server)
+                    conn.terminate()
+                raise
 
     async def latest_positions(self) -> list[StoredPosition]:
         return [StoredPosition(*r) for r in await self._pool.fetch(LATEST)]
@@ -473,6 +497,17 @@ async def _create_partitions(
             f" PARTITION OF positions FOR VALUES FROM ('{start.isoformat()}')"
             f" TO ('{end.isoformat()}')"
         )
+
+
+def _connection_broken(exc: BaseException) -> bool:
+    """Whether a connection is unfit for use after ``exc``: the link failed, the
+    server ended the session (SQLSTATE classes 08 and 57), or a statement was
+    cut off half-way (timeout, cancellation). An error the server reports about
+    the statement itself leaves the connection usable."""
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        return sqlstate[:2] in ("08", "57")
+    return True
 
 
 def _month(fix_time: datetime) -> tuple[int, int]:

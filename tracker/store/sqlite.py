@@ -118,6 +118,14 @@ class SqliteStore(SqliteEvents, SqliteAccess):
             raise RuntimeError("SqliteStore is not open")
         return self._db_or_none
 
+    async def ping(self) -> None:
+        await self._run(self._db.ping)
+
+    def rejects_rows(self, error: Exception) -> bool:
+        # OperationalError (locked, disk full, I/O) is the store's; these are the data's
+        rows_fault = sqlite3.IntegrityError | sqlite3.DataError | ValueError | TypeError
+        return isinstance(error, rows_fault)
+
     async def migrate(self) -> list[str]:
         return await self._run(self._db.migrate)
 
@@ -212,6 +220,9 @@ class SqliteDb(EventsDb, AccessDb):
 
     def close(self) -> None:
         self.conn.close()
+
+    def ping(self) -> None:
+        self.conn.execute("SELECT 1").fetchone()
 
     @contextmanager
     def transaction(self, begin: str = "BEGIN IMMEDIATE") -> Iterator[sqlite3.Connection]:
