@@ -18,8 +18,9 @@ more: TCP pushes back on the units, which keep their fixes. At most
 ``max_pending_rows`` rows are held (the batch being retried included); a
 commit that would hold more waits for room before its rows join. When the
 store blames the rows instead (``Store.rejects_rows``: a value or constraint
-it will never accept), each commit's rows are written alone, and only those
-it still rejects raise ``StoreUnavailable``. ``store_healthy`` says whether
+it will never accept), or keeps failing a batch while it answers pings, each
+commit's rows are written alone, and only those it still refuses while it
+takes the others raise ``StoreUnavailable``. ``store_healthy`` says whether
 the last write or ping worked (the writer pings when idle, for ``/readyz``).
 """
 
@@ -47,6 +48,9 @@ RETRY_MAX_S = 5.0
 PROBE_EVERY_S = 5.0  # an idle writer pings the store this often, so readiness follows it
 PING_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 30.0  # a batch taking longer is taken for a hung store, and retried
+# A batch failing this many times while the store answers pings is written one
+# commit at a time: rows the store will never take must not hold back the rest.
+ISOLATE_AFTER = 3
 
 
 def utcnow() -> datetime:
@@ -293,14 +297,16 @@ class Pipeline:
             if not group[1].done():
                 self._join(group)
 
-    def _take_batch(self) -> list[Group]:
-        groups: list[Group] = []
-        rows = 0
+    def _take_batch(self, groups: list[Group] | None = None) -> list[Group]:
+        """The next batch: ``groups`` (a batch being retried) topped up with
+        pending commits, up to ``max_rows``."""
+        groups = [] if groups is None else groups
+        rows = sum(len(group_rows) for group_rows, _ in groups)
         while self._pending and (not rows or rows + len(self._pending[0][0]) <= self.max_rows):
             group = self._pending.popleft()
             groups.append(group)
             rows += len(group[0])
-        self._pending_rows -= rows
+            self._pending_rows -= len(group[0])
         self._writing, self._writing_rows = groups, rows
         if not self._pending:
             self._has_work.clear()
@@ -327,7 +333,11 @@ class Pipeline:
                 # the writer was idle: give other units a moment to join this batch
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_delay_s)
-            await self._write_batch()
+            try:
+                await self._write_batch()
+            except Exception:  # our bug: the writer must outlive it, or every unit waits
+                log.exception("group commit failed")
+                self.stats["writer_errors"] += 1
             idle = not self._pending
 
     async def _write_batch(self) -> None:
@@ -336,67 +346,91 @@ class Pipeline:
             return
         try:
             await self._write(groups)
+        except Exception as exc:  # our bug: these commits must not wait forever
+            for _, future in self._writing:
+                if not future.done():
+                    future.set_exception(StoreUnavailable(_describe(exc)))
+            raise
         finally:
             self._writing, self._writing_rows = [], 0
             self._admit()
 
     async def _write(self, groups: list[Group]) -> None:
-        """Write these commits' rows as one batch, however long the store is away."""
-        rows = [row for group_rows, _ in groups for row in group_rows]
+        """Write these commits' rows, however long the store is away. A batch that
+        fails is retried with more pending commits added, so that one commit's bad
+        rows are found out by writing each alone (see ``_write_alone``)."""
         delay = self.retry_first_s
-        retried = False  # at once, if the store answers: a pooled connection that broke
+        failures = 0
         while True:
+            rows = [row for group_rows, _ in groups for row in group_rows]
             result = await self._insert(rows)
             if not isinstance(result, Exception):
                 self._committed(groups, rows, result)
                 return
-            if self._store.rejects_rows(result):
+            failures += 1
+            rejected = self._store.rejects_rows(result)
+            hung = isinstance(result, TimeoutError)
+            answers = not rejected and not hung and await self._ping() is None
+            if rejected or (answers and failures % ISOLATE_AFTER == 0):
+                # the rows may be at fault, not the store: each commit alone
                 self.stats["batches_failed"] += 1
                 log.error(
-                    "batch of %d positions refused (%s); writing each unit's rows alone",
+                    "batch of %d positions failed (%s); writing each unit's rows alone",
                     len(rows),
                     _describe(result),
                 )
                 groups, result = await self._write_alone(groups, result)
+                self._writing = groups
+                self._writing_rows = sum(len(group_rows) for group_rows, _ in groups)
+                self._admit()
                 if not groups:
                     return
-                rows = [row for group_rows, _ in groups for row in group_rows]
-            elif not retried and not isinstance(result, TimeoutError):
-                retried = await self._ping() is None  # (the pool has dropped a broken one)
-                if retried:
-                    continue
+            elif answers and failures == 1:
+                continue  # most likely a pooled connection that broke (the pool drops it)
             self._store_down(result)
             self.stats["batch_retries"] += 1
             log.debug("batch of %d positions: retrying in %.1f s", len(rows), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry_max_s)
+            groups = self._take_batch(groups)
 
     async def _write_alone(
         self, groups: list[Group], error: Exception
     ) -> tuple[list[Group], Exception]:
-        """Write each commit's rows on its own; refuse those the store rejects.
-        Returns the commits the store failed to write meanwhile, and why."""
-        left: list[Group] = []
+        """Write each commit's rows on its own. Those the store rejects are refused
+        (their commits raise ``StoreUnavailable``); so are those that fail while
+        the store takes the others' rows. Returns the commits left to retry (the
+        store took none), and why they failed."""
+        failed: list[tuple[Group, Exception]] = []
+        took_some = False
         for group in groups:
-            rows, future = group
+            rows = group[0]
             result = await self._insert(rows)
             if not isinstance(result, Exception):
                 self._committed([group], rows, result)
+                took_some = True
             elif self._store.rejects_rows(result):
-                self.stats["positions_refused"] += len(rows)
-                log.error(
-                    "%d positions of unit %s refused by the store, not acknowledged: %s",
-                    len(rows),
-                    rows[0].unique_id,
-                    _describe(result),
-                    extra={"unique_id": rows[0].unique_id, "protocol": rows[0].protocol},
-                )
-                if not future.done():
-                    future.set_exception(StoreUnavailable(_describe(result)))
+                self._refuse(group, result)
             else:
-                left.append(group)
-                error = result
-        return left, error
+                failed.append((group, result))
+        if failed and took_some and await self._ping() is None:
+            for group, result in failed:
+                self._refuse(group, result)
+            return [], error
+        return [group for group, _ in failed], failed[-1][1] if failed else error
+
+    def _refuse(self, group: Group, error: Exception) -> None:
+        rows, future = group
+        self.stats["positions_refused"] += len(rows)
+        log.error(
+            "%d positions of unit %s refused by the store, not acknowledged: %s",
+            len(rows),
+            rows[0].unique_id,
+            _describe(error),
+            extra={"unique_id": rows[0].unique_id, "protocol": rows[0].protocol},
+        )
+        if not future.done():
+            future.set_exception(StoreUnavailable(_describe(error)))
 
     async def _insert(self, rows: list[StoredPosition]) -> int | Exception:
         """How many rows were new, or why the store did not take them."""
@@ -459,10 +493,12 @@ class Pipeline:
         self.stats["batches"] += 1
         self.stats["positions_stored"] += inserted
         self.stats["positions_deduplicated"] += len(rows) - inserted
-        self._after_commit(rows)
-        for _, future in groups:
-            if not future.done():
-                future.set_result(None)
+        try:
+            self._after_commit(rows)
+        finally:  # stored: acknowledge, whatever the cache or the hub made of it
+            for _, future in groups:
+                if not future.done():
+                    future.set_result(None)
 
     def _after_commit(self, rows: list[StoredPosition]) -> None:
         for row in rows:

@@ -53,6 +53,10 @@ def create_osmand_app(server: Server, *, speed_unit: str = "kn") -> Starlette:
         started = time.monotonic()  # the request is read: its ack latency starts
         if len(body) > MAX_BODY_BYTES:
             return _refuse(413, f"body over {MAX_BODY_BYTES} bytes; send one fix per request")
+        if not pipeline.store_healthy:
+            # the app keeps the fix and sends it again: better than holding the request
+            stats["bad_requests.osmand"] += 1
+            return _refuse(503, "positions cannot be stored right now; send it again later")
         now = pipeline.clock()
         content_type = request.headers.get("content-type")
         secret, query, body = take_secret(request.method, request.url.query, body, content_type)

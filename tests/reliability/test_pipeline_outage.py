@@ -26,7 +26,8 @@ pytestmark = pytest.mark.reliability
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 UNIT = Unit("123", "veh-1", "wired")
-POISON_LAT = 66.6  # rows with this latitude are refused by FlakyStore, as a bad row would be
+POISON_LAT = 66.6  # FlakyStore rejects a batch holding this latitude, as a bad row
+STRANGE_LAT = 77.7  # ...and fails one holding this one with an error it does not classify
 
 
 class FlakyStore(SqliteStore):
@@ -38,6 +39,7 @@ class FlakyStore(SqliteStore):
         super().__init__(url)
         self.down = False
         self.read_only = False
+        self.pipelines: list[Pipeline] = []  # stopped after the test
         self.attempts: list[float] = []  # loop time of each insert_positions call
 
     async def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
@@ -48,6 +50,8 @@ class FlakyStore(SqliteStore):
             raise sqlite3.OperationalError("attempt to write a readonly database")
         if any(row.lat == POISON_LAT for row in rows):
             raise ValueError("a row the store will never take")
+        if any(row.lat == STRANGE_LAT for row in rows):
+            raise RuntimeError("something about these rows")
         return await super().insert_positions(rows)
 
     async def ping(self) -> None:
@@ -62,6 +66,9 @@ async def store(tmp_path: Path) -> AsyncIterator[FlakyStore]:
     await store.open()
     await store.put_vehicle("veh-1", plate=None, vin=None, loan_ref=None, units=[UNIT])
     yield store
+    store.down = store.read_only = False
+    for pipeline in store.pipelines:
+        await pipeline.stop(timeout_s=1)
     await store.close()
 
 
@@ -88,6 +95,7 @@ def make_pipeline(
         probe_every_s=probe_every_s,
     )
     pipeline.start()
+    store.pipelines.append(pipeline)
     return pipeline
 
 
@@ -122,7 +130,6 @@ async def test_a_failed_batch_is_retried_with_doubling_delays(store: FlakyStore)
     assert await stored(store) == 3
     assert pipeline.stats["batch_retries"] == len(gaps)
     assert pipeline.stats["store_outages"] == 1
-    await pipeline.stop()
 
 
 async def test_the_delay_between_retries_is_capped(store: FlakyStore) -> None:
@@ -135,7 +142,6 @@ async def test_the_delay_between_retries_is_capped(store: FlakyStore) -> None:
     assert sum(gap >= 0.04 for gap in gaps) >= 3  # most at the cap
     store.down = False
     await asyncio.wait_for(commit, 1)
-    await pipeline.stop()
 
 
 async def test_past_max_pending_rows_commits_wait_for_room(store: FlakyStore) -> None:
@@ -152,14 +158,12 @@ async def test_past_max_pending_rows_commits_wait_for_room(store: FlakyStore) ->
     assert await stored(store) == 20
     assert pipeline.pending_rows == 0
     assert pipeline.waiting_commits == 0
-    await pipeline.stop()
 
 
 async def test_one_commit_larger_than_the_buffer_still_gets_in(store: FlakyStore) -> None:
     pipeline = make_pipeline(store, max_pending_rows=2)
     await asyncio.wait_for(pipeline.commit(rows(0, 5)), 1)
     assert await stored(store) == 5
-    await pipeline.stop()
 
 
 async def test_a_store_that_answers_but_cannot_write_is_waited_for(store: FlakyStore) -> None:
@@ -176,7 +180,6 @@ async def test_a_store_that_answers_but_cannot_write_is_waited_for(store: FlakyS
     await asyncio.wait_for(commit, 2)
     assert await stored(store) == 2
     assert pipeline.stats["positions_refused"] == 0
-    await pipeline.stop()
 
 
 async def test_rows_the_store_rejects_fail_alone(store: FlakyStore) -> None:
@@ -192,7 +195,22 @@ async def test_rows_the_store_rejects_fail_alone(store: FlakyStore) -> None:
     assert pipeline.store_healthy
     assert pipeline.stats["batches_failed"] == 1
     assert pipeline.stats["positions_refused"] == 2
-    await pipeline.stop()
+
+
+async def test_rows_failing_for_a_reason_the_store_does_not_name_fail_alone(
+    store: FlakyStore,
+) -> None:
+    """An error the store does not blame on the rows, while it answers pings and
+    takes other units' rows: after a few attempts, the rows are the suspects."""
+    pipeline = make_pipeline(store)
+    bad = asyncio.create_task(pipeline.commit(rows(100, 1, lat=STRANGE_LAT)))
+    await asyncio.sleep(0)  # alone in its batch: retried with the next commits
+    good = [asyncio.create_task(pipeline.commit(rows(10 * k, 2))) for k in range(3)]
+    await asyncio.wait_for(asyncio.gather(*good), 2)
+    with pytest.raises(StoreUnavailable, match="something about these rows"):
+        await asyncio.wait_for(bad, 2)
+    assert await stored(store) == 6
+    assert pipeline.stats["positions_refused"] == 1
 
 
 async def test_readiness_follows_the_store_while_idle(store: FlakyStore) -> None:
@@ -203,7 +221,6 @@ async def test_readiness_follows_the_store_while_idle(store: FlakyStore) -> None
     store.down = False
     await asyncio.sleep(0.2)
     assert pipeline.store_healthy
-    await pipeline.stop()
 
 
 async def test_stop_writes_what_is_pending(store: FlakyStore) -> None:

@@ -40,7 +40,7 @@ async def pipeline(store: PostgisStore) -> AsyncIterator[Pipeline]:
     pipeline = Pipeline(store, LatestState(), Hub(), Counter(), max_delay_s=0.05)
     pipeline.start()
     yield pipeline
-    await pipeline.stop()
+    await pipeline.stop(timeout_s=5)
 
 
 def row(pipeline: Pipeline, unit: Unit, **fields: object) -> StoredPosition:

@@ -118,3 +118,13 @@ def test_the_readme_example_config_is_valid(tmp_path: Path) -> None:
     gt06 = settings.protocol("gt06")
     assert gt06 is not None
     assert gt06.port == 5023
+
+
+def test_outage_and_shutdown_settings(tmp_path: Path) -> None:
+    assert load(None, environ={}).max_pending_rows == 100_000
+    assert load(None, environ={}).shutdown_grace_s == 10.0
+    path = write(tmp_path, "[store]\nmax_pending_rows = 5000\n[server]\nshutdown_grace_s = 2.5\n")
+    settings = load(path, environ={"TRACKER_SERVER_SHUTDOWN_GRACE_S": "4"})
+    assert (settings.max_pending_rows, settings.shutdown_grace_s) == (5000, 4.0)
+    with pytest.raises(ConfigError, match=r"store\.max_pending_rows"):
+        load(None, environ={"TRACKER_STORE_MAX_PENDING_ROWS": "0"})

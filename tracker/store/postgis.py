@@ -186,8 +186,8 @@ class PostgisStore(PostgisEvents, PostgisAccess):
         await self._pool.fetchval("SELECT 1")
 
     def rejects_rows(self, error: Exception) -> bool:
-        if isinstance(error, ValueError | TypeError):  # a value the driver cannot encode
-            return True
+        if isinstance(error, ValueError | TypeError | ArithmeticError):
+            return True  # a value the driver cannot encode (OverflowError: out of range)
         # SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation)
         sqlstate = getattr(error, "sqlstate", None) or ""
         return isinstance(error, asyncpg.PostgresError) and sqlstate[:2] in ("22", "23")

@@ -123,7 +123,9 @@ class SqliteStore(SqliteEvents, SqliteAccess):
 
     def rejects_rows(self, error: Exception) -> bool:
         # OperationalError (locked, disk full, I/O) is the store's; these are the data's
-        rows_fault = sqlite3.IntegrityError | sqlite3.DataError | ValueError | TypeError
+        rows_fault = (
+            sqlite3.IntegrityError | sqlite3.DataError | ValueError | TypeError | ArithmeticError
+        )
         return isinstance(error, rows_fault)
 
     async def migrate(self) -> list[str]:
