@@ -10,6 +10,7 @@ import base64
 import binascii
 import dataclasses
 import hmac
+import logging
 import math
 from collections import Counter
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ from tracker.unit_secrets import UnitSecrets
 if TYPE_CHECKING:
     from tracker.server import Server
 
+log = logging.getLogger(__name__)
 MAX_TRACK_LIMIT = 10_000
 # A fence at MAX_VERTICES naming 10,000 vehicles fits; nothing else comes near.
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -240,6 +242,17 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return problem(422, _validation_detail(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if not server.pipeline.store_healthy:  # reads that need the database, during an outage
+            return problem(
+                503,
+                "the database is unavailable; units are still received and "
+                "their positions will be stored; try again shortly",
+            )
+        log.exception("%s %s failed", request.method, request.url.path)
+        return problem(500, "internal error; it is logged on the server")
 
     app.state.server = server  # the auth dependencies find the server here
     unit_secrets = UnitSecrets(server.settings.data_dir)

@@ -115,6 +115,9 @@ async def test_units_wait_out_a_database_outage(
             assert location.status_code == 200, location.text
             newest = max(units[0].acked).isoformat().replace("+00:00", "Z")
             assert location.json()["fix_time"] == newest
+            track = await api.get("/api/v1/vehicles/veh-0/track")  # needs the database
+            assert track.status_code == 503
+            assert "database is unavailable" in track.json()["detail"]
 
             reader, writer = await asyncio.open_connection("127.0.0.1", server.ports["gt06"])
             writer.write(gt06_login(sos_imei) + SOS_HEARTBEAT)
