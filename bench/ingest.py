@@ -108,7 +108,10 @@ class Result:
 
 
 async def _unit(port: int, imei: str, window: int, until: float, lat: list[float]) -> int:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # units come from many addresses in real life: spread them over 127.0.0.2-254
+    # (loopback only), which also keeps each under the per-address connection cap
+    source = f"127.0.0.{2 + int(imei) % 253}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     writer.write(gt06_login(imei))
     await reader.readexactly(ACK_BYTES)
     sent_at: list[float] = []
