@@ -2,16 +2,13 @@
 
 A new codec is covered by registering it. Its sample stream is its protocol's TCP vectors
 back to back (``vectors/<name>.jsonl`` beside /work/shared/PROTOCOLS.md, or TRACKER_VECTORS);
-without vectors, the sample based tests skip.
+a codec without vectors fails here: add its captured packets first.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,10 +16,8 @@ from hypothesis import strategies as st
 
 import protocols
 from protocols import ATTRIBUTES, CODECS, Heartbeat, Message, Position, ProtocolError
+from tests.protocols.vectors import load
 
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
 EXAMPLES = settings(max_examples=300, deadline=None, database=None)
 
 
@@ -33,10 +28,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def sample(name: str) -> bytes:
-    path = VECTORS / f"{name}.jsonl"
-    if not path.exists():
-        return b""
-    vectors = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    vectors = load(f"{name}.jsonl")
     return b"".join(
         bytes.fromhex(v["data"]) if v["encoding"] == "hex" else v["data"].encode()
         for v in vectors
@@ -88,8 +80,7 @@ def test_codec_is_registered_under_its_name(name: str) -> None:
 
 
 def test_one_byte_at_a_time_decodes_like_all_at_once(name: str, sample: bytes) -> None:
-    if not sample:
-        pytest.skip(f"no vectors for {name}")
+    assert sample, f"no TCP vectors for {name}"
     whole, whole_failed = run(name, [sample])
     bytewise, bytewise_failed = run(name, [bytes([b]) for b in sample])
     assert not whole_failed

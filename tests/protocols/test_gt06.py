@@ -11,11 +11,8 @@ NOT_DECODED (types or layouts whose fix we do not decode) and ALARM_CODES_NOT_MA
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,26 +23,10 @@ from protocols.binary import bcd_digits, crc16_x25
 from protocols.errors import ProtocolError
 from protocols.gt06 import Gt06Codec
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Login, Message, Other, Position
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def line(vector: dict[str, Any]) -> str:
-    return str(vector["source"]).rsplit(":", 1)[-1]
-
+from tests.protocols.vectors import line, load
 
 GT06 = {line(v): v for v in load("gt06.jsonl")}
 FRAMES = load("gt06.frames.jsonl")
-pytestmark = pytest.mark.skipif(not GT06, reason=f"no GT06 vectors in {VECTORS}")
 
 # Traccar test login (L17): IMEI 864717003283581, serial 9.
 LOGIN = bytes.fromhex("78780d01086471700328358100093f040d0a")

@@ -14,10 +14,7 @@ FIRST_RECORD_WAITS (splitting cases whose only frame is a lone 32-byte binary re
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,26 +24,10 @@ from hypothesis import strategies as st
 from protocols.errors import ProtocolError
 from protocols.h02 import H02Codec
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Message, Other, Position
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def line(vector: dict[str, Any]) -> str:
-    return str(vector["source"]).rsplit(":", 1)[-1]
-
+from tests.protocols.vectors import line, load
 
 H02 = {line(v): v for v in load("h02.jsonl")}
 FRAMES = load("h02.frames.jsonl")
-pytestmark = pytest.mark.skipif(not H02, reason=f"no H02 vectors in {VECTORS}")
 
 CLOCK = datetime(2026, 11, 29, 5, 4, 5, tzinfo=UTC)  # when traccar ran its tests (L52, L118)
 NEXT = b"$"  # the start of a next record: a first binary record ends only when it is seen

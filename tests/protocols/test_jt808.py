@@ -16,10 +16,8 @@ UNIQUE_IDS and VENDOR_ALARMS (alarms traccar reads from vendor items or per devi
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,26 +27,10 @@ from hypothesis import strategies as st
 from protocols.errors import ProtocolError
 from protocols.jt808 import ALARM_BITS, MAX_ASSEMBLIES, Jt808Codec
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Login, Message, Other, Position
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def line(vector: dict[str, Any]) -> str:
-    return str(vector["source"]).rsplit(":", 1)[-1]
-
+from tests.protocols.vectors import line, load
 
 JT808 = {line(v): v for v in load("jt808.jsonl")}
 FRAMES = load("jt808.frames.jsonl")
-pytestmark = pytest.mark.skipif(not JT808, reason=f"no JT/T 808 vectors in {VECTORS}")
 
 CLOCK = datetime(2026, 3, 1, 4, 5, 6, tzinfo=UTC)
 PHONE = "013912345678"  # 2011/2013 header: 12 digits, the unit's number padded with a 0

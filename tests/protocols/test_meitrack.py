@@ -17,11 +17,8 @@ no photos), NOT_NORMALISED (traccar attributes kept raw) and ALARMS_AS_STATE (ev
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,26 +28,10 @@ from hypothesis import strategies as st
 from protocols.errors import ProtocolError
 from protocols.meitrack import MeitrackCodec, checksum, command_frame
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Message, Other, Position
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def line(vector: dict[str, Any]) -> str:
-    return str(vector["source"]).rsplit(":", 1)[-1]
-
+from tests.protocols.vectors import line, load
 
 MEITRACK = {line(v): v for v in load("meitrack.jsonl")}
 FRAMES = load("meitrack.frames.jsonl")
-pytestmark = pytest.mark.skipif(not MEITRACK, reason=f"no Meitrack vectors in {VECTORS}")
 
 BAD_CHECKSUM = {"L33", "L65", "L100", "L121", "L140", "L170"}
 TRUNCATED = "L85"  # the first 1024 bytes of a 1093-byte D00 photo frame

@@ -17,11 +17,8 @@ frames (not decoded) and NOT_NORMALISED (traccar attributes we keep raw only).
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,17 +28,7 @@ from hypothesis import strategies as st
 from protocols.errors import ProtocolError
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Message, Other, Position
 from protocols.queclink import QueclinkCodec, crc8, crc16_ccitt
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from tests.protocols.vectors import load
 
 
 def line(vector: dict[str, Any]) -> str:
@@ -51,7 +38,6 @@ def line(vector: dict[str, Any]) -> str:
 
 QUECLINK = {line(v): v for v in load("queclink.jsonl")}
 FRAMES = load("queclink.frames.jsonl")
-pytestmark = pytest.mark.skipif(not QUECLINK, reason=f"no Queclink vectors in {VECTORS}")
 
 # GPS accuracy 0: "the current GPS fix fails and the last known GPS info is reported"
 # (@Track Air Interface, <GPS Accuracy>). Traccar and the vectors call it valid; we keep the

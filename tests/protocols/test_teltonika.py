@@ -20,11 +20,8 @@ speed from IO 24 (L161); we take the GPS speed, which is what the vectors expect
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -36,22 +33,7 @@ from protocols.binary import crc16_ibm
 from protocols.errors import ProtocolError
 from protocols.messages import ATTRIBUTES, Heartbeat, Login, Message, Other, Position
 from protocols.teltonika import TeltonikaCodec
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def line(vector: dict[str, Any]) -> str:
-    return str(vector["source"]).rsplit(":", 1)[-1]
-
+from tests.protocols.vectors import line, load
 
 TELTONIKA = {line(v): v for v in load("teltonika.jsonl")}
 FRAMES = load("teltonika.frames.jsonl")

@@ -15,10 +15,7 @@ cases where traccar keeps leading garbage in its buffer (GARBAGE_KEPT_BY_TRACCAR
 
 from __future__ import annotations
 
-import json
-import os
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,26 +25,10 @@ from hypothesis import strategies as st
 from protocols.errors import ProtocolError
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Login, Message, Other, Position
 from protocols.tk103 import Tk103Codec
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def line(vector: dict[str, Any]) -> str:
-    return str(vector["source"]).rsplit(":", 1)[-1]
-
+from tests.protocols.vectors import line, load
 
 TK103 = {line(v): v for v in load("tk103.jsonl")}
 FRAMES = load("tk103.frames.jsonl")
-pytestmark = pytest.mark.skipif(not TK103, reason=f"no TK103 vectors in {VECTORS}")
 
 # Ids traccar reads as the first 12 characters of the frame, "(" included, or up to a comma.
 DEVICE_IDS = {

@@ -13,11 +13,8 @@ Where we deliberately differ from traccar, the tables below say so: ALARMS_NOT_N
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,26 +24,10 @@ from hypothesis import strategies as st
 from protocols.errors import ProtocolError
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Message, Other, Position
 from protocols.watch import HEADER, WatchCodec, reply_frame, unescape
-
-VECTORS = Path(
-    os.environ.get("TRACKER_VECTORS") or Path(__file__).resolve().parents[3] / "shared" / "vectors"
-)
-
-
-def load(name: str) -> list[dict[str, Any]]:
-    path = VECTORS / name
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def line(vector: dict[str, Any]) -> str:
-    return str(vector["source"]).rsplit(":", 1)[-1]
-
+from tests.protocols.vectors import line, load
 
 WATCH = {line(v): v for v in load("watch.jsonl")}
 FRAMES = load("watch.frames.jsonl")
-pytestmark = pytest.mark.skipif(not WATCH, reason=f"no Watch vectors in {VECTORS}")
 
 VOICE = "L45"  # six JXTK voice frames back to back
 LENGTH_WRONG = {
