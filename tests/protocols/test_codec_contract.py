@@ -8,14 +8,14 @@ a codec without vectors fails here: add its captured packets first.
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import protocols
-from protocols import ATTRIBUTES, CODECS, Heartbeat, Message, Position, ProtocolError
+from protocols import CODECS, Message, ProtocolError
+from tests.protocols.streams import assert_plausible, chunked
 from tests.protocols.vectors import load
 
 EXAMPLES = settings(max_examples=300, deadline=None, database=None)
@@ -51,26 +51,6 @@ def run(name: str, chunks: list[bytes]) -> tuple[list[Message], bool]:
 def comparable(messages: list[Message]) -> list[Message]:
     """Replies reduced to whether there is one: they may hold the clock (time requests)."""
     return [replace(m, reply=b"" if m.reply else None) for m in messages]
-
-
-def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
-    chunks, at = [], 0
-    for size in cuts:
-        chunks.append(data[at : at + size])
-        at += size
-    return [*chunks, data[at:]]
-
-
-def assert_plausible(messages: list[Message]) -> None:
-    for message in messages:
-        if isinstance(message, Position):
-            assert -90 <= message.lat <= 90
-            assert -180 <= message.lon <= 180
-            assert 0 <= message.course_deg <= 360
-            assert message.speed_kmh >= 0
-            assert message.fix_time.utcoffset() == timedelta(0)
-        if isinstance(message, Position | Heartbeat):
-            assert set(message.attributes) <= ATTRIBUTES
 
 
 def test_codec_is_registered_under_its_name(name: str) -> None:

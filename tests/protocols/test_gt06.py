@@ -12,17 +12,19 @@ NOT_DECODED (types or layouts whose fix we do not decode) and ALARM_CODES_NOT_MA
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols import Codec
 from protocols.binary import bcd_digits, crc16_x25
 from protocols.errors import ProtocolError
 from protocols.gt06 import Gt06Codec
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Login, Message, Other, Position
+from tests.protocols.streams import assert_plausible, chunked, feed_all
 from tests.protocols.vectors import line, load
 
 GT06 = {line(v): v for v in load("gt06.jsonl")}
@@ -483,18 +485,6 @@ def test_time_request_is_answered_with_utc_time() -> None:
 # --- properties -------------------------------------------------------------------------
 
 
-def assert_plausible(messages: list[Message]) -> None:
-    for message in messages:
-        if isinstance(message, Position):
-            assert -90 <= message.lat <= 90
-            assert -180 <= message.lon <= 180
-            assert 0 <= message.course_deg <= 360
-            assert message.speed_kmh >= 0
-            assert message.fix_time.utcoffset() == timedelta(0)
-        if isinstance(message, Position | Heartbeat):
-            assert set(message.attributes) <= ATTRIBUTES
-
-
 @settings(max_examples=300, deadline=None, database=None)
 @given(kind=st.integers(0, 255), content=st.binary(max_size=80), serial=st.integers(0, 0xFFFF))
 def test_any_well_formed_frame_is_one_frame_and_decodes_safely(
@@ -524,22 +514,10 @@ def test_any_stream_splits_the_same_however_it_is_chunked(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     stream = b"".join(pieces)
-    chunks, at = [], 0
-    for size in cuts:
-        chunks.append(stream[at : at + size])
-        at += size
-    chunks.append(stream[at:])
 
-    def run(parts: list[bytes]) -> tuple[list[Message], bool]:
-        codec = Gt06Codec(accept_bad_crc=True, max_frame_bytes=256, now=lambda: CLOCK)
-        out: list[Message] = []
-        try:
-            for part in parts:
-                out += codec.feed(part)
-        except ProtocolError:
-            return [], True
-        return out, False
+    def codec() -> Codec:
+        return Gt06Codec(accept_bad_crc=True, max_frame_bytes=256, now=lambda: CLOCK)
 
-    whole = run([stream])
-    assert run(chunks) == whole
+    whole = feed_all(codec, [stream])
+    assert feed_all(codec, chunked(stream, cuts)) == whole
     assert_plausible(whole[0])

@@ -21,9 +21,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols import Codec
 from protocols.errors import ProtocolError
 from protocols.h02 import H02Codec
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Message, Other, Position
+from tests.protocols.streams import assert_plausible, chunked, feed_all
 from tests.protocols.vectors import line, load
 
 H02 = {line(v): v for v in load("h02.jsonl")}
@@ -425,18 +427,6 @@ def test_one_byte_at_a_time_decodes_like_all_at_once() -> None:
 # --- properties -------------------------------------------------------------------------
 
 
-def assert_plausible(messages: list[Message]) -> None:
-    for message in messages:
-        if isinstance(message, Position):
-            assert -90 <= message.lat <= 90
-            assert -180 <= message.lon <= 180
-            assert 0 <= message.course_deg <= 360
-            assert message.speed_kmh >= 0
-            assert message.fix_time.utcoffset() == timedelta(0)
-        if isinstance(message, Position | Heartbeat):
-            assert set(message.attributes) <= ATTRIBUTES
-
-
 KINDS = ["V1", "V0", "HTBT", "NBR", "LINK", "V3", "V4", "VP1"]
 FIELD = st.text(st.sampled_from("0123456789.-ABNSEWVFf "), max_size=12)
 
@@ -474,22 +464,10 @@ def test_any_stream_splits_the_same_however_it_is_chunked(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     stream = b"".join(pieces)
-    chunks, at = [], 0
-    for size in cuts:
-        chunks.append(stream[at : at + size])
-        at += size
-    chunks.append(stream[at:])
 
-    def run(parts: list[bytes]) -> tuple[list[Message], bool]:
-        codec = H02Codec(max_frame_bytes=512, now=lambda: CLOCK)
-        out: list[Message] = []
-        try:
-            for part in parts:
-                out += codec.feed(part)
-        except ProtocolError:
-            return [], True
-        return out, False
+    def codec() -> Codec:
+        return H02Codec(max_frame_bytes=512, now=lambda: CLOCK)
 
-    whole = run([stream])
-    assert run(chunks) == whole
+    whole = feed_all(codec, [stream])
+    assert feed_all(codec, chunked(stream, cuts)) == whole
     assert_plausible(whole[0])

@@ -15,18 +15,19 @@ UNIQUE_IDS and VENDOR_ALARMS (alarms traccar reads from vendor items or per devi
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols import Codec
 from protocols.errors import ProtocolError
 from protocols.jt808 import ALARM_BITS, MAX_ASSEMBLIES, Jt808Codec
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Login, Message, Other, Position
+from tests.protocols.streams import assert_plausible, chunked, feed_all
 from tests.protocols.vectors import line, load
 
 JT808 = {line(v): v for v in load("jt808.jsonl")}
@@ -605,19 +606,6 @@ def test_longest_frame_fits_the_default_limit() -> None:
 # --- properties -------------------------------------------------------------------------
 
 
-def assert_plausible(messages: list[Message]) -> None:
-    for message in messages:
-        if isinstance(message, Position):
-            assert -90 <= message.lat <= 90
-            assert -180 <= message.lon <= 180
-            assert 0 <= message.course_deg <= 360
-            assert message.speed_kmh >= 0
-            assert message.fix_time.utcoffset() == timedelta(0)
-        if isinstance(message, Position | Heartbeat):
-            assert set(message.attributes) <= ATTRIBUTES
-        json.dumps(message.raw)
-
-
 @settings(max_examples=300, deadline=None, database=None)
 @given(
     msg_id=st.sampled_from([0x0001, 0x0002, 0x0100, 0x0102, 0x0200, 0x0201, 0x0704, 0x5501]),
@@ -654,22 +642,10 @@ def test_any_stream_splits_the_same_however_it_is_chunked(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     stream = b"".join(pieces)
-    chunks, at = [], 0
-    for size in cuts:
-        chunks.append(stream[at : at + size])
-        at += size
-    chunks.append(stream[at:])
 
-    def run(parts: list[bytes]) -> tuple[list[Message], bool]:
-        codec = Jt808Codec(accept_bad_crc=True, max_frame_bytes=1024, now=lambda: CLOCK)
-        out: list[Message] = []
-        try:
-            for part in parts:
-                out += codec.feed(part)
-        except ProtocolError:
-            return [], True
-        return out, False
+    def codec() -> Codec:
+        return Jt808Codec(accept_bad_crc=True, max_frame_bytes=1024, now=lambda: CLOCK)
 
-    whole = run([stream])
-    assert run(chunks) == whole
+    whole = feed_all(codec, [stream])
+    assert feed_all(codec, chunked(stream, cuts)) == whole
     assert_plausible(whole[0])

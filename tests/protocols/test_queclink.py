@@ -18,16 +18,18 @@ frames (not decoded) and NOT_NORMALISED (traccar attributes we keep raw only).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols import Codec
 from protocols.errors import ProtocolError
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Message, Other, Position
 from protocols.queclink import QueclinkCodec, crc8, crc16_ccitt
+from tests.protocols.streams import assert_plausible, chunked, feed_all
 from tests.protocols.vectors import load
 
 
@@ -498,18 +500,6 @@ def test_one_byte_at_a_time_decodes_like_all_at_once() -> None:
 # --- properties -------------------------------------------------------------------------
 
 
-def assert_plausible(messages: list[Message]) -> None:
-    for message in messages:
-        if isinstance(message, Position):
-            assert -90 <= message.lat <= 90
-            assert -180 <= message.lon <= 180
-            assert 0 <= message.course_deg <= 360
-            assert message.speed_kmh >= 0
-            assert message.fix_time.utcoffset() == timedelta(0)
-        if isinstance(message, Position | Heartbeat):
-            assert set(message.attributes) <= ATTRIBUTES
-
-
 FIELD = st.one_of(
     st.sampled_from(["", "0", "1", "00", "4.3", "-58.1", "110000", "210100", "+0800"]),
     st.from_regex(r"-?[0-9]{1,3}\.[0-9]{6}", fullmatch=True),
@@ -548,22 +538,10 @@ def test_any_stream_splits_the_same_however_it_is_chunked(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     stream = b"".join(pieces)
-    chunks, at = [], 0
-    for size in cuts:
-        chunks.append(stream[at : at + size])
-        at += size
-    chunks.append(stream[at:])
 
-    def run(parts: list[bytes]) -> tuple[list[Message], bool]:
-        codec = QueclinkCodec(accept_bad_crc=True, max_frame_bytes=2048)
-        out: list[Message] = []
-        try:
-            for part in parts:
-                out += codec.feed(part)
-        except ProtocolError:
-            return [], True
-        return out, False
+    def codec() -> Codec:
+        return QueclinkCodec(accept_bad_crc=True, max_frame_bytes=2048)
 
-    whole = run([stream])
-    assert run(chunks) == whole
+    whole = feed_all(codec, [stream])
+    assert feed_all(codec, chunked(stream, cuts)) == whole
     assert_plausible(whole[0])

@@ -33,6 +33,7 @@ from protocols.binary import crc16_ibm
 from protocols.errors import ProtocolError
 from protocols.messages import ATTRIBUTES, Heartbeat, Login, Message, Other, Position
 from protocols.teltonika import TeltonikaCodec
+from tests.protocols.streams import assert_plausible
 from tests.protocols.vectors import line, load
 
 TELTONIKA = {line(v): v for v in load("teltonika.jsonl")}
@@ -168,18 +169,6 @@ def after_login(*frames: bytes, **options: Any) -> tuple[list[Message], Teltonik
 def positions(messages: list[Message]) -> list[Position]:
     assert all(isinstance(m, Position) for m in messages)
     return [m for m in messages if isinstance(m, Position)]
-
-
-def assert_plausible(messages: list[Message]) -> None:
-    for message in messages:
-        if isinstance(message, Position):
-            assert -90 <= message.lat <= 90
-            assert -180 <= message.lon <= 180
-            assert 0 <= message.course_deg <= 360
-            assert message.speed_kmh >= 0
-            assert message.fix_time.utcoffset() == timedelta(0)
-        if isinstance(message, Position | Heartbeat):
-            assert set(message.attributes) <= ATTRIBUTES
 
 
 # --- the vectors ------------------------------------------------------------------------

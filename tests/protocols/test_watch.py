@@ -14,16 +14,18 @@ Where we deliberately differ from traccar, the tables below say so: ALARMS_NOT_N
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from protocols import Codec
 from protocols.errors import ProtocolError
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Message, Other, Position
 from protocols.watch import HEADER, WatchCodec, reply_frame, unescape
+from tests.protocols.streams import assert_plausible, chunked, feed_all
 from tests.protocols.vectors import line, load
 
 WATCH = {line(v): v for v in load("watch.jsonl")}
@@ -356,18 +358,6 @@ def test_one_byte_at_a_time_decodes_like_all_at_once() -> None:
 # --- properties -------------------------------------------------------------------------
 
 
-def assert_plausible(messages: list[Message]) -> None:
-    for message in messages:
-        if isinstance(message, Position):
-            assert -90 <= message.lat <= 90
-            assert -180 <= message.lon <= 180
-            assert 0 <= message.course_deg <= 360
-            assert message.speed_kmh >= 0
-            assert message.fix_time.utcoffset() == timedelta(0)
-        if isinstance(message, Position | Heartbeat):
-            assert set(message.attributes) <= ATTRIBUTES
-
-
 FIELD = st.one_of(
     st.sampled_from(["", "0", "A", "V", "N", "S", "E", "W", "00010000", "-1", " 9.5"]),
     st.from_regex(r"-?[0-9]{1,3}\.[0-9]{1,7}", fullmatch=True),
@@ -403,22 +393,10 @@ def test_any_stream_splits_the_same_however_it_is_chunked(
     pieces: list[bytes], cuts: list[int]
 ) -> None:
     stream = b"".join(pieces)
-    chunks, at = [], 0
-    for size in cuts:
-        chunks.append(stream[at : at + size])
-        at += size
-    chunks.append(stream[at:])
 
-    def run(parts: list[bytes]) -> tuple[list[Message], bool]:
-        codec = WatchCodec(max_frame_bytes=2048)
-        out: list[Message] = []
-        try:
-            for part in parts:
-                out += codec.feed(part)
-        except ProtocolError:
-            return [], True
-        return out, False
+    def codec() -> Codec:
+        return WatchCodec(max_frame_bytes=2048)
 
-    whole = run([stream])
-    assert run(chunks) == whole
+    whole = feed_all(codec, [stream])
+    assert feed_all(codec, chunked(stream, cuts)) == whole
     assert_plausible(whole[0])
