@@ -12,7 +12,6 @@ import dataclasses
 import hmac
 import logging
 import math
-from collections import Counter
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -190,17 +189,6 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
-def protocol_counters(stats: Counter[str], ports: dict[str, int]) -> dict[str, dict[str, int]]:
-    """Counters per protocol: ``frames_dropped.gt06.bad_crc`` -> gt06: frames_dropped.bad_crc."""
-    grouped: dict[str, dict[str, int]] = {name: {} for name in ports if name != "http"}
-    for key, count in stats.items():
-        kind, _, rest = key.partition(".")
-        name, _, reason = rest.partition(".")
-        if name in grouped:
-            grouped[name][f"{kind}.{reason}" if reason else kind] = count
-    return grouped
-
-
 def _bearer_is(request: Request, token: str) -> bool:
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     matches = hmac.compare_digest(given.strip().encode(), token.encode())
@@ -309,7 +297,7 @@ def create_app(server: Server) -> FastAPI:
             "commits_waiting_for_room": server.pipeline.waiting_commits,
             "ports": server.ports,
             "udp_ports": server.udp_ports,
-            "protocols": protocol_counters(server.stats, server.ports),
+            "protocols": views.protocol_counters(server.stats, server.ports),
             "register_unknown_units": server.registry.register_unknown_units,
             "live_subscribers": server.hub.subscriber_count,
             "stats": dict(sorted(server.stats.items())),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -94,3 +95,14 @@ def event(item: Event) -> dict[str, Any]:
         "clears": item.clears,
         "details": item.details,
     }
+
+
+def protocol_counters(stats: Counter[str], ports: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Counters per protocol: ``frames_dropped.gt06.bad_crc`` -> gt06: frames_dropped.bad_crc."""
+    grouped: dict[str, dict[str, int]] = {name: {} for name in ports if name != "http"}
+    for key, count in stats.items():
+        kind, _, rest = key.partition(".")
+        name, _, reason = rest.partition(".")
+        if name in grouped:
+            grouped[name][f"{kind}.{reason}" if reason else kind] = count
+    return grouped
