@@ -34,6 +34,8 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import orjson
+
 from protocols import Position
 from tracker import views
 from tracker.cache import LatestState
@@ -72,6 +74,18 @@ class StoreUnavailable(Exception):
 
 # The rows of one commit() call and the future its caller waits on.
 Group = tuple[list[StoredPosition], asyncio.Future[None]]
+
+
+def _plain(attributes: dict[str, Any]) -> dict[str, Any]:
+    """``attributes`` as JSON and PostgreSQL take them. Codecs nearly always give
+    plain values already: one orjson pass (C) proves it, and only the rare
+    dict it refuses (bytes, datetimes, non-str keys) or that holds a NUL is
+    rebuilt by ``_jsonable``."""
+    try:
+        encoded = orjson.dumps(attributes, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:
+        return _jsonable(attributes)  # type: ignore[no-any-return]
+    return _jsonable(attributes) if b"\\u0000" in encoded else attributes
 
 
 def _jsonable(value: Any) -> Any:
@@ -164,7 +178,7 @@ class Pipeline:
             return None
         attributes = dict(position.attributes)
         if position.raw:
-            attributes["raw"] = _jsonable(position.raw)
+            attributes["raw"] = position.raw
         return StoredPosition(
             unique_id=unit.unique_id,
             vehicle_id=unit.vehicle_id,
@@ -179,7 +193,7 @@ class Pipeline:
             altitude_m=position.altitude_m,
             accuracy_m=position.accuracy_m,
             satellites=position.satellites,
-            attributes=_jsonable(attributes),
+            attributes=_plain(attributes),
         )
 
     def saw(self, unique_id: str, attributes: dict[str, Any] | None = None) -> None:

@@ -117,3 +117,25 @@ async def test_stopped_pipeline_refuses_rows(pipeline: Pipeline) -> None:
     with pytest.raises(StoreUnavailable):
         await pipeline.commit([row])
     pipeline.start()  # the fixture stops it again
+
+
+@pytest.mark.parametrize(
+    ("attributes", "stored"),
+    [
+        ({"ignition": True, "odometer_m": 12, "cell": {"mcc": 460}}, None),  # already plain
+        ({"iccid": b"\x89\x01"}, {"iccid": "8901"}),
+        ({"note": "a\x00b"}, {"note": "a\ufffdb"}),  # PostgreSQL text cannot hold NUL
+        (
+            {"nested": [{"at": datetime(2026, 1, 2, tzinfo=UTC)}]},
+            {"nested": [{"at": "2026-01-02T00:00:00Z"}]},
+        ),
+        ({7: "seven"}, {"7": "seven"}),
+    ],
+)
+def test_attributes_become_plain_json_and_plain_ones_are_kept_as_they_are(
+    attributes: dict[object, object], stored: dict[str, object] | None
+) -> None:
+    pipeline = Pipeline(SqliteStore("sqlite:///:memory:"), LatestState(), Hub(), Counter())
+    row = pipeline.accept(Unit("u1", "v1"), "gt06", fix(0, attributes=attributes, raw={}))
+    assert row is not None
+    assert row.attributes == (attributes if stored is None else stored)
