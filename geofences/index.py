@@ -32,7 +32,6 @@ import enum
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import cast
 
 import numpy as np
 import shapely
@@ -199,9 +198,11 @@ class FenceIndex:
         ry = margins / METRES_PER_DEGREE
         rx = ry / np.maximum(np.cos(np.radians(y)), _MIN_COS_LAT)
         has_margin = margins >= _MIN_MARGIN_M
-        queries = cast("NDArray[np.object_]", shapely.points(x, y))
         m = has_margin  # margin: the disc's bounding box; none: the point itself
+        queries = np.empty(x.shape, dtype=object)
         queries[m] = shapely.box(x[m] - rx[m], y[m] - ry[m], x[m] + rx[m], y[m] + ry[m])
+        if not m.all():  # points cost as much as boxes to make: only where needed
+            queries[~m] = shapely.points(x[~m], y[~m])
 
         # Bounding boxes only: prepared fences then answer faster than prepared queries.
         points, fences = self._tree.query(queries)

@@ -40,6 +40,7 @@ counts it as sent): it becomes an invalid ``Position`` saying why in ``raw["impl
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
@@ -67,6 +68,8 @@ CODEC_16 = 0x10
 RESPONSE_CODECS = {0x0C: 0, 0x0D: 4, 0x0E: 8}
 
 PANIC = 2  # record priority
+# time (ms), priority, lon, lat (1e-7 deg), altitude, angle, satellites, speed [TW]
+GPS_ELEMENT = struct.Struct(">QBiihHBH")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -351,10 +354,9 @@ def read_record(
     uid: str | None, codec: int, layout: Layout, reader: Reader, raw: dict[str, Any]
 ) -> Position:
     """One AVL record: GPS element, then IO element."""
-    time_ms, priority = reader.uint(8), reader.uint(1)
-    lon_e7, lat_e7 = reader.sint(4), reader.sint(4)
-    altitude, angle = reader.sint(2), reader.uint(2)
-    satellites, speed = reader.uint(1), reader.uint(2)
+    time_ms, priority, lon_e7, lat_e7, altitude, angle, satellites, speed = GPS_ELEMENT.unpack(
+        reader.take(GPS_ELEMENT.size)
+    )
     raw = raw | {"codec": codec, "priority": priority, "event_io": reader.uint(layout.event_size)}
     if layout.generation:
         raw["generation_type"] = reader.uint(1)

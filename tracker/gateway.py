@@ -83,6 +83,8 @@ class Session:
         replies: list[bytes] = []
         rows: list[StoredPosition] = []
         self.stats[f"messages.{self.protocol}"] += len(messages)
+        now = self._pipeline.clock() if messages else None
+        positions = 0
         for message in messages:
             unit = await self._unit_for(message)
             if unit is None:
@@ -92,8 +94,8 @@ class Session:
                 self.stats[f"messages_dropped.{self.protocol}.{reason}"] += 1
                 continue
             if isinstance(message, Position):
-                self.stats[f"positions.{self.protocol}"] += 1
-                if (row := self._pipeline.accept(unit, self.protocol, message)) is not None:
+                positions += 1
+                if (row := self._pipeline.accept(unit, self.protocol, message, now)) is not None:
                     rows.append(row)
                 else:  # dropped by a filter, but the unit is alive
                     self._pipeline.saw(unit.unique_id)
@@ -102,6 +104,7 @@ class Session:
                 self._pipeline.saw(unit.unique_id, attributes)
             if message.reply is not None:
                 replies.append(message.reply)
+        self.stats[f"positions.{self.protocol}"] += positions
         await self._pipeline.commit(rows)
         self.committed = len(rows)
         return replies

@@ -168,9 +168,14 @@ class Pipeline:
         """Commits waiting for room in the buffer; their connections read nothing meanwhile."""
         return len(self._waiting)
 
-    def accept(self, unit: Unit, protocol: str, position: Position) -> StoredPosition | None:
-        """The row to store for this fix, or None if a filter drops it (counted)."""
-        now = self.clock()
+    def accept(
+        self, unit: Unit, protocol: str, position: Position, now: datetime | None = None
+    ) -> StoredPosition | None:
+        """The row to store for this fix, or None if a filter drops it (counted).
+
+        ``now``: the server time of the read that brought it (default: the clock),
+        one clock reading for all the fixes of one read."""
+        now = self.clock() if now is None else now
         last = self._cache.unit(unit.unique_id)
         reason = drop_reason(position, last, now, future_limit=self.future_limit)
         if reason is not None:
