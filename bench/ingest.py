@@ -53,7 +53,7 @@ from tracker.store import GeofenceRecord, StoredPosition
 from tracker.store import Unit as StoreUnit
 from tracker.store.postgis import PostgisStore, _create_partitions, _month
 
-AREA = (20.0, 10.0, 21.0, 11.0)  # west, south, east, north: where the units drive
+AREA = (-4.5, 42.5, 8.0, 51.0)  # west, south, east, north: a country (France) to drive in
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
