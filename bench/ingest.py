@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.live_reader import LiveReader
 from bench.load import PROTOCOLS, Run, Unit
 from bench.report import Figure, print_table
+from bench.stages import print_summary
 from tracker.settings import GatewaySettings, ProtocolSettings, Settings
 from tracker.store import GeofenceRecord, StoredPosition
 from tracker.store import Unit as StoreUnit
@@ -340,6 +341,8 @@ def run(argv: list[str]) -> list[Figure]:
         )
     errors = [f"{r.name}: {r.acked - r.stored} acknowledged positions not stored"
               for r in (naive, fast, paced) if r.stored < r.acked]  # fmt: skip
+    if args.profile:
+        print_summary(Path(args.profile), fast.cpu_us["server"])
     if paced.skipped:
         print(f"paced: {paced.skipped} bursts not sent (their unit had a full window unacked)")
     for error in errors:
