@@ -1,7 +1,44 @@
-"""``python -m bench``: every benchmark, each printing its table."""
+"""``python -m bench [NAME ...]``: every benchmark (or those named), then one summary table.
 
+Each benchmark prints its own detailed table as it goes; the summary at the
+end has one row per figure with its target, the naive baseline measured in
+the same run, and the ratio. Bounded: each runs for seconds, not minutes (the
+README says which flags give the full-size runs).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
 import sys
+import time
+from datetime import UTC, datetime
 
-from bench import codecs, ingest, rules
+from bench.report import Figure, print_table
 
-sys.exit(codecs.main([]) or rules.main([]) or ingest.main(sys.argv[1:]))
+BENCHMARKS = ("codecs", "rules", "ingest")
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+        return 2
+    figures: list[Figure] = []
+    started = time.monotonic()
+    for name in names:
+        module = importlib.import_module(f"bench.{name}")
+        figures += module.run([])
+    machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    print_table(
+        f"summary, {datetime.now(UTC):%Y-%m-%d}, {machine}, "
+        f"{time.monotonic() - started:.0f} s in all",
+        figures,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

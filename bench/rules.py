@@ -34,6 +34,7 @@ from shapely.geometry import Point
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import Figure, print_table
 from geofences.index import METRES_PER_DEGREE, FenceIndex
 from geofences.model import Fence
 from tracker.rules.silence import Deadlines
@@ -147,7 +148,8 @@ def silence_rates(units: int) -> tuple[float, float, float]:
     return report_rate, fire_rate, scan_rate
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(argv: list[str]) -> list[Figure]:
+    """Print the fence and silence tables; return the figures the targets name."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="per index figure")
     parser.add_argument("--naive-seconds", type=float, default=2.0, help="per naive figure")
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("-" * len(header))
     missed = []
+    figures = []
     for count in (1_000, 100_000):
         rng = np.random.default_rng(SEED)
         fences = random_fences(count, rng)
@@ -179,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "" if target is None else ("ok" if fast >= target else "MISSED")
         if verdict == "MISSED":
             missed.append(f"{count:,} fences")
+        if target is not None:
+            figures.append(
+                Figure(f"positions/s classified, {count:,} fences, one core", fast, "/s",
+                       target, naive)
+            )  # fmt: skip
         print(
             f"{count:>8,} {build_s * 1e3:>9,.1f} {fast:>20,.0f} {naive:>20,.1f} {sampled:>13,} "
             f"{fast / naive:>7,.0f}x {f'{target:,}' if target else '-':>8} {verdict}".rstrip()
@@ -202,6 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if missed:
         print(f"below target: {', '.join(missed)}")
+    figures.append(
+        Figure(f"silence reports/s handled, {units:,} units", report_rate, "/s", None, None)
+    )
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    figures = run(sys.argv[1:] if argv is None else argv)
+    print_table("rules (naive: every fence's contains() per position)", figures)
     return 0
 
 

@@ -32,22 +32,22 @@ def test_codec_benchmark_prints_every_protocol() -> None:
 
 @pytest.mark.postgis
 def test_ingest_benchmark_stores_what_it_acknowledged(postgis_url: str) -> None:
+    # every protocol of the mix, fences, the live subscriber and all three runs, tiny
     out = bench(
         "bench.ingest",
-        "--units",
-        "5",
-        "--window",
-        "2",
-        "--seconds",
-        "1",
+        *("--units", "6", "--window", "4", "--burst", "2", "--seconds", "1"),
+        *("--naive-seconds", "0.5", "--rate", "200", "--fences", "50"),
         env={"TRACKER_BENCH_DATABASE_URL": postgis_url},
     )
-    assert "naive: INSERT + commit per position" in out
-    assert "tracker: group commit, COPY batches" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    for run in ("naive", "tracker", "paced"):
+        acked = int(rows[run][1].replace(",", ""))
+        assert acked > 0, out
+    assert "ingest, positions/s stored + acked (3-protocol mix)" in out
     assert "ERROR" not in out
 
 
 def test_rules_benchmark_prints_fences_and_silence() -> None:
     out = bench("bench.rules", "--seconds", "0.05", "--naive-seconds", "0.05")
-    assert "100,000" in out
+    assert "positions/s classified, 100,000 fences, one core" in out
     assert "silence deadlines, 1,000,000 units" in out
