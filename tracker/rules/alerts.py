@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -23,17 +24,34 @@ class AlertRules:
         self.open: dict[tuple[str, str], Event] = {}
         self._new_id = new_id
         self._overrides: dict[tuple[str, str], RuleSettings] = {}
+        self._batch_settings: dict[str, RuleSettings] | None = None
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """While a batch is evaluated (synchronously: no vehicle changes meanwhile),
+        each vehicle's thresholds are worked out once, not once per rule and fix."""
+        self._batch_settings = {}
+        try:
+            yield
+        finally:
+            self._batch_settings = None
 
     def settings_for(self, vehicle_id: str) -> RuleSettings:
         """The global thresholds, with the vehicle's own ``rules`` over them."""
+        batch = self._batch_settings
+        if batch is not None and (known := batch.get(vehicle_id)) is not None:
+            return known
         vehicle = self._vehicle(vehicle_id)
         rules: dict[str, Any] = getattr(vehicle, "rules", None) or {}
-        if not rules:
-            return self.settings
-        key = (vehicle_id, repr(sorted(rules.items())))
-        if (cached := self._overrides.get(key)) is None:
-            cached = self._overrides[key] = replace(self.settings, **rules)
-        return cached
+        found = self.settings
+        if rules:
+            key = (vehicle_id, repr(sorted(rules.items())))
+            if (cached := self._overrides.get(key)) is None:
+                cached = self._overrides[key] = replace(self.settings, **rules)
+            found = cached
+        if batch is not None:
+            batch[vehicle_id] = found
+        return found
 
     def _open(self, vehicle_id: str, key: str, event: Event) -> Event | None:
         if (vehicle_id, key) in self.open:

@@ -196,6 +196,12 @@ class RuleEngine(MotionRules):
     def positions(self, rows: Sequence[StoredPosition], now: datetime) -> list[Event]:
         """Evaluate a committed batch, each unit's fixes in fix-time order."""
         order = sorted(range(len(rows)), key=lambda i: (rows[i].unique_id, rows[i].fix_time))
+        with self.batch():
+            return self._positions(rows, order, now)
+
+    def _positions(
+        self, rows: Sequence[StoredPosition], order: list[int], now: datetime
+    ) -> list[Event]:
         observed = self._classify(rows)
         events: list[Event] = []
         for i in order:
@@ -293,9 +299,11 @@ class RuleEngine(MotionRules):
     ) -> list[Event]:
         if self._index is None:
             return []
+        allowed = self._allowed.get(None, []) + self._allowed.get(unit.vehicle_id, [])
+        if not seen and not state.fences and not allowed:  # the common case: no fence about
+            return self._sparse_crossings(unit, state, row, seen, now, late)
         cfg = self.settings_for(unit.vehicle_id)
         events: list[Event] = []
-        allowed = self._allowed.get(None, []) + self._allowed.get(unit.vehicle_id, [])
         tracked = [f for f, s in state.fences.items() if s.confirmed is Seen.INSIDE or s.candidate]
         for fence_id in dict.fromkeys([*seen, *tracked, *allowed]):
             fence = self._fences.get(fence_id)

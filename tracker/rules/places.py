@@ -40,8 +40,16 @@ NIGHT_ENDS_H = 5
 
 @dataclass(slots=True)
 class _Nights:
-    cells: dict[date, str] = field(default_factory=dict)  # night (its local date) -> cell
+    # night (its local date) -> its last fix's (lat, lon), or its H3 cell once judged:
+    # a car reports all night, and only the last spot of each night is ever used
+    spots: dict[date, tuple[float, float] | str] = field(default_factory=dict)
     judged: date | None = None
+
+    def cell(self, night: date) -> str:
+        spot = self.spots[night]
+        if not isinstance(spot, str):
+            spot = self.spots[night] = h3.latlng_to_cell(*spot, NIGHT_RES)
+        return spot
 
 
 def local_time(moment: datetime, lon: float) -> datetime:
@@ -61,16 +69,18 @@ class PlaceRules(AlertRules):
         nights = self._nights.setdefault(unit.vehicle_id, _Nights())
         local = local_time(row.fix_time, row.lon)
         if local.hour < NIGHT_ENDS_H:  # a night fix: remember where, for that night
-            nights.cells[local.date()] = h3.latlng_to_cell(row.lat, row.lon, NIGHT_RES)
-            for old in sorted(nights.cells)[:-NIGHTS]:
-                del nights.cells[old]
+            night = local.date()
+            if night not in nights.spots and len(nights.spots) >= NIGHTS:
+                for old in sorted(nights.spots)[: len(nights.spots) - NIGHTS + 1]:
+                    del nights.spots[old]
+            nights.spots[night] = (row.lat, row.lon)
             return []
         last_night = local.date()
-        if nights.judged == last_night or last_night not in nights.cells:
+        if nights.judged == last_night or last_night not in nights.spots:
             return []
         nights.judged = last_night
-        tonight = nights.cells[last_night]
-        before = [c for d, c in nights.cells.items() if d != last_night]
+        tonight = nights.cell(last_night)
+        before = [nights.cell(d) for d in list(nights.spots) if d != last_night]
         if len(before) < MIN_NIGHTS - 1:
             return []
         usual, _ = Counter(before).most_common(1)[0]
