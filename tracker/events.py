@@ -82,8 +82,13 @@ class Events:
     def committed(self, rows: Sequence[StoredPosition]) -> None:
         now = self.clock()
         self.stats["rule_evaluations"] += len(rows)
+        heard: dict[str, datetime] = {}  # a unit's fixes in one batch: one report, the last
         for row in rows:
-            self._saw(row.unique_id, row.server_time)
+            last = heard.get(row.unique_id)
+            if last is None or row.server_time > last:
+                heard[row.unique_id] = row.server_time
+        for unique_id, when in heard.items():
+            self._saw(unique_id, when)
         self._emit(self.engine.positions(rows, now))
 
     def reported(self, unique_id: str, when: datetime, attributes: dict[str, Any]) -> None:
