@@ -1,7 +1,8 @@
 """Ingest benchmark: GT06, JT/T 808 and Teltonika units on loopback against a real PostGIS.
 
     python -m bench.ingest [--units 600] [--window 32] [--burst 8] [--seconds 10]
-                           [--rate 20000] [--fences 10000] [--naive-seconds 5]
+                           [--rate 20000] [--paced-seconds S] [--fences 10000]
+                           [--naive-seconds 5] [--profile FILE]
 
 Starts a throwaway PostGIS (or uses TRACKER_BENCH_DATABASE_URL), registers
 ``--units`` units (a third of each protocol) and ``--fences`` geofences over
@@ -223,7 +224,17 @@ class Result:
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
     cpu_us: dict[str, float] = field(default_factory=dict)  # per acked position
-    rss_mb: tuple[float, float] = (math.nan, math.nan)  # at the start, at the end
+    rss_mb: list[float] = field(default_factory=list)  # the server's, twice a second
+
+    @property
+    def rss_growth_mb(self) -> float:
+        """Growth over the second half of the run: the first half fills the caches
+        (latest state, rule state, the live replay window) and warms the allocator;
+        after that a server that keeps up must hold steady."""
+        if len(self.rss_mb) < 4:
+            return math.nan
+        return self.rss_mb[-1] - self.rss_mb[len(self.rss_mb) // 2]
+
     live_messages: int = 0
     skipped: int = 0
 
@@ -252,7 +263,13 @@ async def _load(
         spy = await _py_spy(server_pid, seconds, args.profile)
     pg = _postgres_pids(pg_dir)
     before = (_cpu_s([server_pid]), _cpu_s(pg), resource.getrusage(resource.RUSAGE_SELF))
-    rss_start = _rss_mb(server_pid)
+
+    async def sample_rss() -> None:
+        while True:
+            result.rss_mb.append(_rss_mb(server_pid))
+            await asyncio.sleep(0.5)
+
+    sampler = asyncio.create_task(sample_rss())
     live_before = live.messages
     result.sent, result.acked, result.seconds = await run.drive(seconds)
     result.live_messages = live.messages - live_before
@@ -265,7 +282,7 @@ async def _load(
             after[2].ru_utime + after[2].ru_stime - before[2].ru_utime - before[2].ru_stime
         ) * per,
     }  # fmt: skip
-    result.rss_mb = (rss_start, _rss_mb(server_pid))
+    sampler.cancel()
     result.latencies_ms = [s * 1000 for s in run.latencies]
     result.skipped = run.skipped
     run.close()
@@ -301,6 +318,7 @@ def run(argv: list[str]) -> list[Figure]:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--naive-seconds", type=float, default=5.0)
     parser.add_argument("--rate", type=float, default=20_000, help="paced run, positions/s")
+    parser.add_argument("--paced-seconds", type=float, help="default: --seconds")
     parser.add_argument("--fences", type=int, default=10_000)
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server's fast run into FILE")
     args = parser.parse_args(argv)
@@ -320,7 +338,14 @@ def run(argv: list[str]) -> list[Figure]:
         naive = run_one("naive", url, True, units, args, args.naive_seconds, None, pg_dir)
         fast = run_one("tracker", url, False, _units(args.units), args, args.seconds, None, pg_dir)
         paced = run_one(
-            "paced", url, False, _units(args.units), args, args.seconds, args.rate, pg_dir
+            "paced",
+            url,
+            False,
+            _units(args.units),
+            args,
+            args.paced_seconds or args.seconds,
+            args.rate,
+            pg_dir,
         )
     finally:
         if pg is not None:
@@ -341,6 +366,12 @@ def run(argv: list[str]) -> list[Figure]:
         )
     errors = [f"{r.name}: {r.acked - r.stored} acknowledged positions not stored"
               for r in (naive, fast, paced) if r.stored < r.acked]  # fmt: skip
+    if fast.rss_mb:
+        print(
+            f"server RSS during the fast run: {fast.rss_mb[0]:,.0f} MB at the start, "
+            f"{fast.rss_mb[len(fast.rss_mb) // 2]:,.0f} MB half way, {fast.rss_mb[-1]:,.0f} MB "
+            "at the end"
+        )
     if args.profile:
         print_summary(Path(args.profile), fast.cpu_us["server"])
     if paced.skipped:
@@ -356,7 +387,7 @@ def run(argv: list[str]) -> list[Figure]:
                100, None, higher_is_better=False),
         Figure("server CPU per position", fast.cpu_us["server"], "us",
                None, naive.cpu_us["server"], higher_is_better=False),
-        Figure("server memory growth during the run", fast.rss_mb[1] - fast.rss_mb[0], "MB",
+        Figure("server memory growth, second half of the run", fast.rss_growth_mb, "MB",
                None, None, higher_is_better=False),
     ]  # fmt: skip
 
