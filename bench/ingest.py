@@ -219,7 +219,8 @@ async def _py_spy(pid: int, seconds: float, path: str) -> asyncio.subprocess.Pro
 class Result:
     name: str
     sent: int = 0
-    acked: int = 0
+    acked: int = 0  # in the end, after the last acks came in
+    acked_in_time: int = 0  # within the run's seconds: the rate
     stored: int = 0
     seconds: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
@@ -240,7 +241,7 @@ class Result:
 
     @property
     def rate(self) -> float:
-        return self.acked / self.seconds if self.seconds else 0.0
+        return self.acked_in_time / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: int) -> float:
         if len(self.latencies_ms) < 2:
@@ -271,7 +272,7 @@ async def _load(
 
     sampler = asyncio.create_task(sample_rss())
     live_before = live.messages
-    result.sent, result.acked, result.seconds = await run.drive(seconds)
+    result.sent, result.acked, result.acked_in_time, result.seconds = await run.drive(seconds)
     result.live_messages = live.messages - live_before
     after = (_cpu_s([server_pid]), _cpu_s(_postgres_pids(pg_dir)), resource.getrusage(0))
     per = 1e6 / max(result.acked, 1)

@@ -240,8 +240,9 @@ class Run:
             self.clients.append(client)
         await asyncio.wait_for(self._all_ready, 60)
 
-    async def drive(self, seconds: float) -> tuple[int, int, float]:
-        """Send for ``seconds``; return (fixes sent, fixes acked, seconds taken)."""
+    async def drive(self, seconds: float) -> tuple[int, int, int, float]:
+        """Send for ``seconds``; return (fixes sent, fixes acked in the end, fixes acked
+        within the ``seconds``, seconds taken). The rate is the acks within the time."""
         self.sending = True
         started = time.perf_counter()
         if self.rate is None:
@@ -252,11 +253,13 @@ class Run:
             await self._paced(started + seconds)
         self.sending = False
         elapsed = time.perf_counter() - started
+        in_time = sum(c.acks.count for c in self.clients)
         for _ in range(500):  # the last acks, for up to 10 s
             if all(c.acks.count >= c.sent for c in self.clients):
                 break
             await asyncio.sleep(0.02)
-        return sum(c.sent for c in self.clients), sum(c.acks.count for c in self.clients), elapsed
+        sent, acked = sum(c.sent for c in self.clients), sum(c.acks.count for c in self.clients)
+        return sent, acked, in_time, elapsed
 
     async def _paced(self, until: float) -> None:
         """Bursts at ``rate`` fixes/s in all, round robin over the units; a unit with
