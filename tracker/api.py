@@ -28,6 +28,7 @@ from tracker import views
 from tracker.api_access import access_routes
 from tracker.api_events import rule_routes
 from tracker.api_live import serve_live
+from tracker.api_location import LocationFastLane, location_routes
 from tracker.api_types import PATTERN_HINTS, TEXT_PATTERN, UniqueId, VehicleId, aware
 from tracker.api_webhooks import webhook_routes
 from tracker.auth import Principal, Who, peer, writer
@@ -222,6 +223,7 @@ def create_app(server: Server) -> FastAPI:
     )
     mount_static(app)
     app.add_middleware(BodyLimit)
+    app.add_middleware(LocationFastLane, server=server)  # outermost of ours: first to look
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -347,63 +349,7 @@ def create_app(server: Server) -> FastAPI:
         next_after = page[-1].vehicle_id if len(page) == limit else None
         return {"items": items, "next_after": next_after}
 
-    def location_of(vehicle_id: str) -> dict[str, Any] | None:
-        vehicle = server.registry.vehicle(vehicle_id)
-        if vehicle is None:
-            return None
-        ids = [unit.unique_id for unit in vehicle.units]
-        newest = server.cache.vehicle(ids)
-        if newest is None:
-            return None
-        units = [
-            (u, server.cache.unit(u.unique_id), server.cache.last_seen(u.unique_id))
-            for u in vehicle.units
-        ]
-        return views.location(vehicle_id, newest, units, server.clock())
-
-    @app.get("/api/v1/vehicles/{vehicle_id}/location", tags=["locations"])
-    async def vehicle_location(
-        vehicle_id: VehicleId, principal: Who, request: Request
-    ) -> dict[str, Any]:
-        visible(principal, vehicle_id, positions=True)
-        await server.access.audit(principal.actor, "location.read", vehicle_id, peer(request))
-        body = location_of(vehicle_id)
-        if body is None:
-            raise HTTPException(
-                404,
-                f"vehicle {vehicle_id!r} has no known location yet: "
-                "none of its units has reported a valid fix",
-            )
-        return body
-
-    @app.get("/api/v1/locations", tags=["locations"])
-    async def locations(
-        principal: Who,
-        request: Request,
-        vehicle_id: Annotated[list[VehicleId] | None, Query(max_length=1000)] = None,
-    ) -> dict[str, Any]:
-        wanted = vehicle_id if vehicle_id else server.registry.vehicle_ids()
-        items, missing, hidden = [], [], []
-        for one in wanted:
-            vehicle = server.registry.vehicle(one)
-            if vehicle is not None and not server.access.may_track(principal, vehicle):
-                hidden.append(one)
-                continue
-            body = location_of(one)
-            if body is None:
-                missing.append(one)
-            else:
-                items.append(body)
-        await server.access.audit(
-            principal.actor,
-            "locations.read",
-            None,
-            peer(request),
-            vehicles=[i["vehicle_id"] for i in items],
-        )
-        if vehicle_id:  # asked by name: say which were not allowed
-            return {"items": items, "missing": missing, "forbidden": hidden}
-        return {"items": items, "missing": missing}
+    app.include_router(location_routes(server, visible))
 
     @app.get("/api/v1/vehicles/{vehicle_id}/track", tags=["locations"])
     async def track(

@@ -22,6 +22,7 @@ that must be audited are refused (503) rather than left unaudited.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -83,17 +84,32 @@ class Access:
     ) -> None:
         self._store = store
         self._admin_hash = hash_secret(admin_key)
+        self._admin = Principal(ADMIN, "admin")
         self.position_loan_states = position_loan_states
         self._clock = clock
         self._cache: dict[str, tuple[float, Principal]] = {}
         self.revoked_keys: set[str] = set()
-        self._unwritten: list[AuditEntry] = []  # the store was down when they were made
+        self._unwritten: list[AuditEntry] = []  # not written yet (or the store was down)
+        self._writes_started = 0
+        self._writes_done = 0  # stored, or kept in memory when the store was down
+        self._writing: asyncio.Future[None] | None = None
+
+    def known(self, key: str) -> Principal | None:
+        """The principal behind a key looked up in the last ``CACHE_S``, without
+        awaiting anything; None when ``principal`` has to ask the store."""
+        key_hash = hash_secret(key)
+        if hmac.compare_digest(key_hash, self._admin_hash):
+            return self._admin
+        cached = self._cache.get(key_hash)
+        if cached is not None and time.monotonic() - cached[0] < CACHE_S:
+            return cached[1]
+        return None
 
     async def principal(self, key: str) -> Principal | None:
         """The principal behind an API key, or None."""
         key_hash = hash_secret(key)
         if hmac.compare_digest(key_hash, self._admin_hash):
-            return Principal(ADMIN, "admin")
+            return self._admin
         cached = self._cache.get(key_hash)
         if cached is not None and time.monotonic() - cached[0] < CACHE_S:
             return cached[1]
@@ -161,15 +177,34 @@ class Access:
         await self.flush_audit()
 
     async def flush_audit(self) -> None:
-        """Write the audit entries kept in memory; keep them if the store is down."""
+        """Write the audit entries made so far; keep them in memory if the store is down.
+
+        Group commit: one write at a time takes every entry made until it
+        starts, and callers that came during it share the next one. So a busy
+        location endpoint costs one audit transaction per few requests, not
+        one each, and each read is still written before it is answered.
+        """
+        # a write that starts from now on takes what is unwritten now
+        wanted = self._writes_started + 1 if self._unwritten else self._writes_started
+        while self._writes_done < wanted:
+            if self._writing is None:
+                self._writing = asyncio.ensure_future(self._write_audit())
+            await asyncio.shield(self._writing)  # a caller that goes away leaves it running
+
+    async def _write_audit(self) -> None:
+        self._writes_started += 1
         batch, self._unwritten = self._unwritten, []
-        if not batch:
-            return
         try:
-            await self._store.append_audit(batch)
-        except Exception as exc:
+            if batch:
+                await self._store.append_audit(batch)
+        except BaseException as exc:
             self._unwritten[:0] = batch
+            if not isinstance(exc, Exception):
+                raise  # cancelled: kept for the next write
             log.warning("%d audit entries kept in memory, not written: %s", len(batch), exc)
+        finally:
+            self._writes_done += 1
+            self._writing = None
 
     def share_state(self, share: Share) -> str | None:
         """Why a share no longer opens anything ("revoked", "expired"), or None."""

@@ -24,11 +24,12 @@ class Registry:
         self._lock = asyncio.Lock()  # one vehicle change at a time keeps the maps consistent
 
     async def load(self) -> None:
-        after: str | None = None
-        while page := await self._store.list_vehicles(after=after, limit=1000):
-            for vehicle in page:
-                self._remember(vehicle)
-            after = page[-1].vehicle_id
+        """Every vehicle, at start-up: one read of the whole registry (a million
+        vehicles in a few seconds; paging costs a round trip and a re-planned
+        query per page)."""
+        loaded = await self._store.all_vehicles()
+        self._vehicles.update({vehicle.vehicle_id: vehicle for vehicle in loaded})
+        self._units.update({unit.unique_id: unit for vehicle in loaded for unit in vehicle.units})
 
     def _remember(self, vehicle: Vehicle) -> None:
         self._vehicles[vehicle.vehicle_id] = vehicle

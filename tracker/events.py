@@ -54,15 +54,19 @@ class Events:
         self._seen: dict[str, datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def start(self, risk_window: timedelta) -> None:
+    async def start(self, risk_window: timedelta, units: Sequence[Unit] | None = None) -> None:
+        """Restore open alerts, silence deadlines and risk-site visits, then run.
+        ``units``: the registered units when the caller has them (the server's
+        registry, loaded already), else read from the store."""
         now = self.clock()
-        units = await self._store.all_units()
-        visits = await self._store.events(
-            types=["risk_site_visit"], since=now - risk_window, limit=100_000
+        visits, open_alerts, last_seen = await asyncio.gather(
+            self._store.events(types=["risk_site_visit"], since=now - risk_window, limit=100_000),
+            self._store.open_alerts(),
+            self._store.last_seen(),
         )
-        self.engine.restore(
-            await self._store.open_alerts(), await self._store.last_seen(), units, visits, now
-        )
+        if units is None:
+            units = await self._store.all_units()
+        self.engine.restore(open_alerts, last_seen, units, visits, now)
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="events-writer"),
             asyncio.create_task(self._clock_loop(), name="events-clock"),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -45,6 +46,11 @@ from tracker.store import Store, open_store
 from tracker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
+
+# From this many vehicles on, what start-up loaded is kept out of garbage
+# collection. (Small stores, as in tests that start many servers in one
+# process, never are: a freeze also keeps whatever garbage happened to wait.)
+FREEZE_HEAP_VEHICLES = 100_000
 
 
 class _EmbeddedUvicorn(uvicorn.Server):
@@ -165,10 +171,7 @@ class Server:
         from tracker.osmand_http import create_osmand_app
 
         await self.store.open()
-        await self.registry.load()
-        self.cache.load(await self.store.latest_positions())
-        await self.fences.load()
-        await self.events.start(timedelta(days=self.settings.rules.risk_window_days))
+        await self._load()
         await self.webhooks.start()
         self.retention.start()
         self.pipeline.start()
@@ -185,6 +188,39 @@ class Server:
         self.ports["http"] = await self._start_http(
             "http", create_app(self), self.settings.http_host, self.settings.http_port
         )
+
+    async def _load(self) -> None:
+        """Registry, latest-state cache, fences, open alerts and silence deadlines
+        from the store. With a million units this is most of start-up, so the
+        latest positions (the database's longest read) are read while the
+        registry and the rules load, and the garbage collector waits: it would
+        otherwise walk the growing heap again and again. Once loaded, a large
+        heap is frozen (``gc.freeze``): later full collections skip it instead
+        of pausing the server for a second each."""
+        risk_window = timedelta(days=self.settings.rules.risk_window_days)
+
+        async def latest() -> None:
+            self.cache.load(await self.store.latest_positions())
+
+        async def registry_and_rules() -> None:
+            await self.registry.load()
+            await self.fences.load()
+            await self.events.start(risk_window, units=self.registry.units())
+
+        collecting = gc.isenabled()
+        gc.disable()
+        loads = [asyncio.ensure_future(latest()), asyncio.ensure_future(registry_and_rules())]
+        try:
+            await asyncio.gather(*loads)
+            if len(self.registry.vehicle_ids()) >= FREEZE_HEAP_VEHICLES:
+                gc.freeze()  # before collecting again: else the next one walks it all
+        except BaseException:
+            for load in loads:
+                load.cancel()
+            raise
+        finally:
+            if collecting:
+                gc.enable()
 
     async def _start_http(self, name: str, app: Starlette, host: str, port: int) -> int:
         config = uvicorn.Config(

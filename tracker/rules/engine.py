@@ -113,10 +113,25 @@ class RuleEngine(MotionRules):
         for event in open_alerts:
             if event.alert_key is not None:
                 self.open[(event.vehicle_id, event.alert_key)] = event
+        # _silent_after for a million units, without a timedelta and a settings
+        # look-up each where the global thresholds apply
+        default = {
+            "wired": timedelta(seconds=self.settings.silent_wired_s),
+            "battery": timedelta(seconds=self.settings.silent_battery_s),
+        }
+        vehicle_of = self._vehicle
+        deadlines = []
         for unit in units:
             seen = last_seen.get(unit.unique_id)
-            if seen is not None:
-                self.deadlines.set(unit.unique_id, seen + self._silent_after(unit))
+            if seen is None:
+                continue
+            if unit.silent_after_s is None and unit.kind in default:
+                vehicle = vehicle_of(unit.vehicle_id)
+                if vehicle is None or not vehicle.rules:
+                    deadlines.append((unit.unique_id, seen + default[unit.kind]))
+                    continue
+            deadlines.append((unit.unique_id, seen + self._silent_after(unit)))
+        self.deadlines.restore(deadlines)
         for event in risk_visits:
             if event.fix_time is not None:
                 self._visits(event.vehicle_id, event.fix_time)

@@ -137,7 +137,7 @@ class PostgisEvents:
 
     async def last_seen(self) -> dict[str, datetime]:
         rows = await self._pool.fetch("SELECT unique_id, last_seen FROM unit_seen")
-        return {r["unique_id"]: r["last_seen"] for r in rows}
+        return dict(rows)  # type: ignore[arg-type]  # (unique_id, last_seen) pairs, built in C
 
     # events
 

@@ -161,6 +161,9 @@ class SqliteStore(SqliteEvents, SqliteAccess):
         where = "WHERE vehicle_id > ? ORDER BY vehicle_id LIMIT ?"
         return await self._run(db.vehicles, where, after, limit)
 
+    async def all_vehicles(self) -> list[Vehicle]:
+        return await self._run(self._db.vehicles, "ORDER BY vehicle_id")
+
     async def all_units(self) -> list[Unit]:
         return await self._run(self._db.all_units)
 
