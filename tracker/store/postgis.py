@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +38,13 @@ from tracker.store.base import (
 )
 from tracker.store.postgis_access import PostgisAccess
 from tracker.store.postgis_events import PostgisEvents
+from tracker.store.postgis_startup import POSITION_FIELDS as POSITION_FIELDS  # re-exported
+from tracker.store.postgis_startup import (
+    VEHICLE_FIELDS,
+    PostgisStartup,
+    assemble_vehicles,
+)
+from tracker.store.postgis_startup import partition_months as _partition_months
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -49,8 +55,6 @@ MIGRATION_LOCK = 0x7472_6B72_6D69_6701
 PARTITION_LOCK = 0x7472_6B72_7061_7201
 
 CLOSE_TIMEOUT_S = 5.0  # then the pool's connections are cut instead
-
-PARTITION_NAME = re.compile(r"positions_y(\d{4})m(\d{2})")
 
 # The staging table's columns are StoredPosition's fields, in order.
 STAGING_COLUMNS = [f.name for f in dataclasses.fields(StoredPosition)]
@@ -78,30 +82,19 @@ FROM positions_staging
 ON CONFLICT DO NOTHING
 """
 
-# In StoredPosition's field order. real columns are read through their shortest
-# text form, so 12.3 comes back as 12.3 and not as 12.300000190734863.
-POSITION_FIELDS = """
-p.unique_id, p.vehicle_id, p.protocol, p.fix_time, p.server_time, p.lat, p.lon, p.valid,
-p.speed_kmh::text::float8, p.course_deg::text::float8, p.altitude_m::text::float8,
-p.accuracy_m::text::float8, p.satellites, p.attributes
-"""
-
-LATEST = f"""
-SELECT {POSITION_FIELDS}
-FROM units u CROSS JOIN LATERAL (
-    SELECT * FROM positions
-    WHERE positions.unique_id = u.unique_id
-    ORDER BY positions.fix_time DESC
-    LIMIT 1
-) p
-ORDER BY u.unique_id
-"""
-
-TRACK = f"""
-SELECT {POSITION_FIELDS}
-FROM positions p
+# One branch per index of migration 0006, whose WHERE clauses they repeat word
+# for word (the planner matches them): positions with small attributes, nearly
+# all, come from an index-only scan of the covering index, a few hundred pages
+# for a unit's day instead of one heap page per fix; the rest from the heap.
+# attributes comes as text, parsed by one orjson.loads for the whole page.
+TRACK_BRANCH = """
+SELECT * FROM positions p
 WHERE p.unique_id = ANY($1::text[]) AND p.fix_time >= $2 AND p.fix_time < $3
-  {{after}}
+  AND octet_length(p.attributes::text) {size} {{after}}
+"""
+TRACK = f"""
+SELECT {POSITION_FIELDS.replace("p.attributes", "p.attributes::text")}
+FROM ({TRACK_BRANCH.format(size="<= 1000")} UNION ALL {TRACK_BRANCH.format(size="> 1000")}) p
 ORDER BY p.fix_time, p.unique_id
 LIMIT $4
 """
@@ -143,11 +136,12 @@ SET protocol = EXCLUDED.protocol, remote_addr = EXCLUDED.remote_addr,
 """
 
 
-class PostgisStore(PostgisEvents, PostgisAccess):
+class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
     """``Store`` on PostgreSQL + PostGIS; ``url`` is a ``postgresql://`` DSN.
 
     Events, unit liveness, geofences and webhooks: ``PostgisEvents``; users,
-    keys, assignees, shares and the audit log: ``PostgisAccess``.
+    keys, assignees, shares and the audit log: ``PostgisAccess``; the reads of
+    everything at start-up: ``PostgisStartup``.
 
     Known partitions are read at ``open()`` and remembered; one dropped by
     another process is created again by the first insert that misses it.
@@ -301,11 +295,7 @@ class PostgisStore(PostgisEvents, PostgisAccess):
         """Vehicles selected by ``where``, their units and their assignees
         loaded in one more query each."""
         async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
-            rows = await conn.fetch(
-                "SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules, loan_state,"
-                f" loan_state_since FROM vehicles {where}",
-                *args,
-            )
+            rows = await conn.fetch(f"SELECT {VEHICLE_FIELDS} FROM vehicles {where}", *args)
             if not rows:
                 return []
             ids = [r["vehicle_id"] for r in rows]
@@ -319,27 +309,7 @@ class PostgisStore(PostgisEvents, PostgisAccess):
                 " WHERE vehicle_id = ANY($1::text[]) ORDER BY user_id",
                 ids,
             )
-        units: dict[str, list[Unit]] = {}
-        for u in unit_rows:
-            units.setdefault(u["vehicle_id"], []).append(Unit(*u))
-        assignees: dict[str, list[str]] = {}
-        for a in assignee_rows:
-            assignees.setdefault(a["vehicle_id"], []).append(a["user_id"])
-        return [
-            Vehicle(
-                r["vehicle_id"],
-                r["plate"],
-                r["vin"],
-                r["loan_ref"],
-                tuple(units.get(r["vehicle_id"], ())),
-                r["updated_at"],
-                r["rules"],
-                r["loan_state"],
-                r["loan_state_since"],
-                tuple(assignees.get(r["vehicle_id"], ())),
-            )
-            for r in rows
-        ]
+        return assemble_vehicles(rows, unit_rows, assignee_rows)
 
     async def all_units(self) -> list[Unit]:
         rows = await self._pool.fetch(
@@ -387,9 +357,6 @@ class PostgisStore(PostgisEvents, PostgisAccess):
                     conn.terminate()
                 raise
 
-    async def latest_positions(self) -> list[StoredPosition]:
-        return [StoredPosition(*r) for r in await self._pool.fetch(LATEST)]
-
     async def track(
         self,
         unique_ids: Sequence[str],
@@ -405,7 +372,9 @@ class PostgisStore(PostgisEvents, PostgisAccess):
         else:
             sql = TRACK.format(after="AND (p.fix_time, p.unique_id) > ($5, $6)")
             args += after
-        return [StoredPosition(*r) for r in await self._pool.fetch(sql, *args)]
+        rows = await self._pool.fetch(sql, *args)
+        attributes = orjson.loads("[" + ",".join([r[13] for r in rows]) + "]")
+        return [StoredPosition(*[*r[:13], a]) for r, a in zip(rows, attributes, strict=True)]
 
     # unknown units
 
@@ -470,19 +439,6 @@ async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:
         format="binary",
     )
     await conn.execute(CREATE_STAGING)
-
-
-async def _partition_months(conn: PoolConnectionProxy[asyncpg.Record]) -> set[tuple[int, int]]:
-    """(year, month) of every partition of positions, as the catalog has them now."""
-    rows = await conn.fetch(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
-        " WHERE i.inhparent = 'positions'::regclass"
-    )
-    months = set()
-    for row in rows:
-        if match := PARTITION_NAME.fullmatch(row["relname"]):
-            months.add((int(match[1]), int(match[2])))
-    return months
 
 
 async def _create_partitions(

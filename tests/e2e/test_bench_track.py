@@ -1,0 +1,24 @@
+"""The track benchmark runs end to end, tiny and bounded (figures not asserted)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.test_bench_smoke import bench
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgis]
+
+
+def test_track_benchmark_reads_whole_days_through_store_and_rest(postgis_url: str) -> None:
+    # 2 units x 1.2 days: every read is a full day that may straddle the month boundary
+    out = bench(
+        "bench.track",
+        "--rows", "41000",
+        "--vehicles", "2",
+        "--queries", "4",
+        "--rest-queries", "3",
+        env={"TRACKER_BENCH_DATABASE_URL": postgis_url},
+    )  # fmt: skip
+    assert "track one day (8,640 fixes), Store.track, p99" in out
+    assert "track one day (8,640 fixes), REST, p99" in out
+    assert "ERROR" not in out
