@@ -7,6 +7,14 @@ client gets a snapshot (or, with the cursor of the last message it saw and
 within the hub's window, just what it missed), then one message per stored
 position and event. uvicorn pings every 20 s, so proxies keep it open.
 
+The snapshot and what was missed go through Starlette's ``send_text``; after
+that, on our server (uvicorn's websockets-sansio protocol) the hub writes the
+live frames to the connection's transport itself, one shared buffer per tick
+for every subscriber (see ``tracker.live``): per-message sends cannot carry
+1,000 subscribers at 10,000 positions/s. Under another ASGI server the route
+sends each message itself. Either way nothing else sends data frames once the
+stream is live, and the hub lets go of the socket before it is closed.
+
 Access is re-checked while it runs: a revoked key closes it with 4401, a
 revoked or expired share with 4410 (at once, not at the next message), and a
 vehicle whose loan state no longer allows positions drops out of it.
@@ -16,22 +24,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.extensions.permessage_deflate import PerMessageDeflate
 
 from tracker import views
 from tracker.auth import Principal, hash_secret
-from tracker.live import ALL
+from tracker.live import ALL, Sink
 from tracker.store import Share
 
 if TYPE_CHECKING:
     from tracker.server import Server
 
 RECHECK_S = 5.0
+NOTSENT_LOWAT = 128 * 1024  # bytes a live socket may queue in the kernel, unsent
 CLOSE_BAD_KEY, CLOSE_GONE, CLOSE_FORBIDDEN, CLOSE_BAD_REQUEST = 4401, 4410, 4403, 4400
 
 
@@ -161,6 +173,30 @@ async def _error(websocket: WebSocket, detail: str, code: int) -> None:
     await websocket.close(code=code)
 
 
+def _sink(websocket: WebSocket) -> Sink | None:
+    """The connection's transport, for the hub to write frames to, when the
+    server is uvicorn's websockets-sansio protocol: it hands the app its own
+    bound ``receive``. None under any other server, or with an extension whose
+    framing the hub does not write (the route then sends each message)."""
+    protocol = getattr(websocket._receive, "__self__", None)
+    if not isinstance(protocol, WebSocketsSansIOProtocol) or protocol.transport is None:
+        return None
+    bits = None
+    for extension in protocol.conn.extensions:
+        if not isinstance(extension, PerMessageDeflate):
+            return None
+        if not extension.local_no_context_takeover:  # else: uncompressed frames, also valid
+            bits = extension.local_max_window_bits
+    sock = protocol.transport.get_extra_info("socket")
+    if sock is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+        # Unsent bytes beyond this wait in the transport, where the hub sees them: a
+        # reader that stalls is then coalesced within a second, not after the
+        # kernel has queued megabytes (seconds of stale positions) for it.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+    return Sink(protocol.transport, bits)
+
+
 async def _stream(
     server: Server,
     websocket: WebSocket,
@@ -171,48 +207,52 @@ async def _stream(
     wanted: frozenset[str] | None = None,
     share: Share | None = None,
 ) -> None:
-    subscriber = server.hub.subscribe(vehicle_ids)
+    hub = server.hub
+    subscriber = hub.subscribe(vehicle_ids)
     reader = asyncio.create_task(_drain(websocket))
     tag = f"share:{share.id}" if share else f"key:{principal.key_id if principal else ''}"
     try:
         with server.kicks.watch(tag) as kicked:
-            missed = server.hub.missed(cursor, vehicle_ids) if cursor else None
+            missed = hub.missed(cursor, vehicle_ids) if cursor else None
             if missed is None:
                 ids = server.registry.vehicle_ids() if vehicle_ids is None else sorted(vehicle_ids)
                 await websocket.send_text(orjson.dumps(_snapshot(server, ids)).decode())
             for message in missed or ():
                 await websocket.send_text(message)
+            sink = _sink(websocket)
+            raw = sink is not None and hub.attach(subscriber, sink)
             while not reader.done():
-                batch = asyncio.create_task(subscriber.next_batch())
                 kick = asyncio.create_task(kicked.wait())
+                waiting: list[asyncio.Task[Any]] = [reader, kick]
+                if not raw:
+                    waiting.append(batch := asyncio.create_task(subscriber.next_batch()))
                 timeout = RECHECK_S
                 if share is not None:  # close when it expires, not up to RECHECK_S later
                     left = (share.expires_at - server.clock()).total_seconds()
                     timeout = max(0.0, min(timeout, left))
-                await asyncio.wait(
-                    [batch, reader, kick], timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 kick.cancel()
-                if not batch.done():
-                    batch.cancel()
-                else:
-                    for message in batch.result():
-                        await websocket.send_text(message)
+                if not raw:
+                    if not batch.done():
+                        batch.cancel()
+                    else:
+                        for message in batch.result():
+                            await websocket.send_text(message)
                 if reader.done():
                     break
                 if (code := _revoked(server, principal, share, server.clock())) is not None:
+                    hub.unsubscribe(subscriber)  # no data frame after the close frame
                     await websocket.close(code=code)
                     break
                 if principal is not None and principal.role not in ("admin", "servicing"):
                     now_allowed = _allowed(server, principal, wanted)
                     if now_allowed != vehicle_ids:  # loan state or assignment changed
-                        server.hub.unsubscribe(subscriber)
                         vehicle_ids = now_allowed
-                        subscriber = server.hub.subscribe(vehicle_ids)
+                        hub.refilter(subscriber, vehicle_ids)
     except (WebSocketDisconnect, RuntimeError):
         pass
     finally:
-        server.hub.unsubscribe(subscriber)
+        hub.unsubscribe(subscriber)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await reader

@@ -525,7 +525,8 @@ class Pipeline:
             if before is not None and before.fix_time == row.fix_time:
                 continue  # a resend of what the unit already gave us
             latest = self._cache.update(row)
-            body = views.live_position(row, latest=latest)
+            # built and encoded only if someone watches the vehicle (or replays it)
+            body = views.live_position_later(row, latest=latest)
             self._hub.publish(row.vehicle_id, row.unique_id, body, latest=latest)
         if self.observer is not None:
             try:

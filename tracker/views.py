@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from tracker.store import Event, StoredPosition, Unit, Vehicle
@@ -36,6 +38,12 @@ def position(row: StoredPosition) -> dict[str, Any]:
 
 def live_position(row: StoredPosition, *, latest: bool) -> dict[str, Any]:
     return {"type": "position", **position(row), "latest": latest}
+
+
+def live_position_later(row: StoredPosition, *, latest: bool) -> Callable[[], dict[str, Any]]:
+    """``live_position``, made when called: the ingest path publishes every
+    stored row, and the hub builds nothing for a vehicle nobody watches."""
+    return partial(live_position, row, latest=latest)
 
 
 def location(
