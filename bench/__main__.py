@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from bench.report import Figure, print_table
 
-BENCHMARKS = ("codecs", "rules", "ingest")
+BENCHMARKS = ("codecs", "rules", "ingest", "live", "rest", "track", "coldstart", "connections")
 
 
 def main(argv: list[str]) -> int:

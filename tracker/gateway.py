@@ -34,6 +34,8 @@ from tracker.store import StoredPosition, Unit
 log = logging.getLogger(__name__)
 
 READ_SIZE = 65536
+# after a restart every unit reconnects at once; the default 100 drops SYNs
+BACKLOG = 4096
 
 
 class Session:
@@ -193,7 +195,7 @@ class Gateway:
     async def start(self) -> None:
         assert self.settings.port is not None
         self._server = await asyncio.start_server(
-            self._accept, self.settings.host, self.settings.port, limit=READ_SIZE
+            self._accept, self.settings.host, self.settings.port, limit=READ_SIZE, backlog=BACKLOG
         )
         if self.settings.udp and self.name in protocols.UDP:
             # the same port number as TCP, as units are configured with one port

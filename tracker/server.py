@@ -40,12 +40,15 @@ from tracker.limits import Connections
 from tracker.live import Hub
 from tracker.metrics import Metrics
 from tracker.retention import Retention
+from tracker.rlimit import raise_open_files
 from tracker.rules import RuleEngine
 from tracker.settings import Settings
 from tracker.store import Store, open_store
 from tracker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
+
+OTHER_FILES = 100  # besides units: database connections, HTTP clients, logs, listeners
 
 # From this many vehicles on, what start-up loaded is kept out of garbage
 # collection. (Small stores, as in tests that start many servers in one
@@ -104,7 +107,7 @@ class Server:
         self.store: Store = store or open_store(settings.database_url)
         self.registry = Registry(self.store, register_unknown_units=settings.register_unknown_units)
         self.cache = LatestState()
-        self.hub = Hub()
+        self.hub = Hub(stats=self.stats)  # live.* counters in /api/v1/server and /metrics
         self.pipeline = Pipeline(
             self.store,
             self.cache,
@@ -170,6 +173,7 @@ class Server:
         from tracker.api import create_app
         from tracker.osmand_http import create_osmand_app
 
+        self._check_open_files()
         await self.store.open()
         await self._load()
         await self.webhooks.start()
@@ -221,6 +225,20 @@ class Server:
         finally:
             if collecting:
                 gc.enable()
+
+    def _check_open_files(self) -> None:
+        """Every unit holds a socket: raise our own open-file limit as far as allowed,
+        and say so when it still cannot hold ``gateway.max_connections``."""
+        soft, _ = raise_open_files()
+        wanted = self.settings.gateway.max_connections + OTHER_FILES
+        if soft < wanted:
+            log.warning(
+                "open-file limit %d is below gateway.max_connections + %d = %d: units past "
+                "it are refused; raise LimitNOFILE (systemd) or ulimits (Docker)",
+                soft,
+                OTHER_FILES,
+                wanted,
+            )
 
     async def _start_http(self, name: str, app: Starlette, host: str, port: int) -> int:
         config = uvicorn.Config(
