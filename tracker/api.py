@@ -351,7 +351,11 @@ def create_app(server: Server) -> FastAPI:
 
     app.include_router(location_routes(server, visible))
 
-    @app.get("/api/v1/vehicles/{vehicle_id}/track", tags=["locations"])
+    # a day is thousands of rows: the body goes straight to orjson, not through
+    # FastAPI's validation and encoding of every value (half the route's time)
+    @app.get(
+        "/api/v1/vehicles/{vehicle_id}/track", tags=["locations"], response_model=dict[str, Any]
+    )
     async def track(
         vehicle_id: VehicleId,
         principal: Who,
@@ -361,7 +365,7 @@ def create_app(server: Server) -> FastAPI:
         limit: Annotated[int, Query(ge=1, le=MAX_TRACK_LIMIT)] = 1000,
         cursor: Annotated[str | None, Query(max_length=256)] = None,
         format: Literal["json", "geojson"] = "json",
-    ) -> dict[str, Any]:
+    ) -> Response:
         vehicle = visible(principal, vehicle_id, positions=True)
         end = aware(to, "to") if to else server.clock()
         start = aware(from_, "from") if from_ else end - timedelta(days=1)
@@ -382,25 +386,29 @@ def create_app(server: Server) -> FastAPI:
             count=len(rows),
         )
         if format == "geojson":
-            return {
-                "type": "FeatureCollection",
-                "features": [
-                    {
-                        "type": "Feature",
-                        "geometry": {"type": "Point", "coordinates": [r.lon, r.lat]},
-                        "properties": views.position(r),
-                    }
-                    for r in rows
-                ],
+            return ORJSONResponse(
+                {
+                    "type": "FeatureCollection",
+                    "features": [
+                        {
+                            "type": "Feature",
+                            "geometry": {"type": "Point", "coordinates": [r.lon, r.lat]},
+                            "properties": views.position(r),
+                        }
+                        for r in rows
+                    ],
+                    "next_cursor": next_cursor,
+                }
+            )
+        return ORJSONResponse(
+            {
+                "vehicle_id": vehicle_id,
+                "from": views.iso(start),
+                "to": views.iso(end),
+                "items": [views.position(r) for r in rows],
                 "next_cursor": next_cursor,
             }
-        return {
-            "vehicle_id": vehicle_id,
-            "from": views.iso(start),
-            "to": views.iso(end),
-            "items": [views.position(r) for r in rows],
-            "next_cursor": next_cursor,
-        }
+        )
 
     @app.get("/api/v1/units/unknown", tags=["units"], dependencies=[Depends(writer)])
     async def unknown_units(
