@@ -34,8 +34,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-import orjson
-
 from protocols import Position
 from tracker import views
 from tracker.cache import LatestState
@@ -74,33 +72,6 @@ class StoreUnavailable(Exception):
 
 # The rows of one commit() call and the future its caller waits on.
 Group = tuple[list[StoredPosition], asyncio.Future[None]]
-
-
-def _plain(attributes: dict[str, Any]) -> dict[str, Any]:
-    """``attributes`` as JSON and PostgreSQL take them. Codecs nearly always give
-    plain values already: one orjson pass (C) proves it, and only the rare
-    dict it refuses (bytes, datetimes, non-str keys) or that holds a NUL is
-    rebuilt by ``_jsonable``."""
-    try:
-        encoded = orjson.dumps(attributes, option=orjson.OPT_PASSTHROUGH_DATETIME)
-    except TypeError:
-        return _jsonable(attributes)  # type: ignore[no-any-return]
-    return _jsonable(attributes) if b"\\u0000" in encoded else attributes
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, str):
-        # PostgreSQL text and jsonb cannot hold NUL: such a row would never be stored
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, bytes | bytearray):
-        return value.hex()
-    if isinstance(value, dict):
-        return {_jsonable(str(k)): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return views.iso(value)
-    return value
 
 
 class Pipeline:
@@ -198,7 +169,7 @@ class Pipeline:
             altitude_m=position.altitude_m,
             accuracy_m=position.accuracy_m,
             satellites=position.satellites,
-            attributes=_plain(attributes),
+            attributes=views.plain(attributes),
         )
 
     def saw(self, unique_id: str, attributes: dict[str, Any] | None = None) -> None:

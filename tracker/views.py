@@ -8,6 +8,8 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import orjson
+
 from tracker.store import Event, StoredPosition, Unit, Vehicle
 
 
@@ -15,6 +17,33 @@ def iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a Z, milliseconds kept when present."""
     text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
     return text.replace("+00:00", "Z")
+
+
+def plain(attributes: dict[str, Any]) -> dict[str, Any]:
+    """``attributes`` as JSON and PostgreSQL take them. Codecs nearly always give
+    plain values already: one orjson pass (C) proves it, and only the rare
+    dict it refuses (bytes, datetimes, non-str keys) or that holds a NUL is
+    rebuilt by ``jsonable``."""
+    try:
+        encoded = orjson.dumps(attributes, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:
+        return jsonable(attributes)  # type: ignore[no-any-return]
+    return jsonable(attributes) if b"\\u0000" in encoded else attributes
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, str):
+        # PostgreSQL text and jsonb cannot hold NUL: such a row would never be stored
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, bytes | bytearray):
+        return value.hex()
+    if isinstance(value, dict):
+        return {jsonable(str(k)): jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return iso(value)
+    return value
 
 
 def position(row: StoredPosition) -> dict[str, Any]:
