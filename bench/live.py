@@ -431,8 +431,15 @@ def _summary(r: Result) -> str:
 
 
 def run(argv: list[str]) -> list[Figure]:
-    """Both runs; prints the table (and any failed check); returns the figures."""
-    return _report(argv)[0]
+    """Both runs; prints the table (and any failed check); returns the figures.
+
+    Raises:
+        RuntimeError: a check failed (the ERROR lines say which).
+    """
+    figures_, errors = _report(argv)
+    if errors:
+        raise RuntimeError(f"{len(errors)} live fan-out check(s) failed")
+    return figures_
 
 
 def _report(argv: list[str]) -> tuple[list[Figure], list[str]]:
