@@ -33,6 +33,7 @@ import math
 import multiprocessing
 import os
 import resource
+import shutil
 import statistics
 import sys
 from collections.abc import Sequence
@@ -203,10 +204,16 @@ def _ppid(proc: Path) -> int:
         return -1
 
 
+def _py_spy_path() -> str | None:
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
 async def _py_spy(pid: int, seconds: float, path: str) -> asyncio.subprocess.Process:
     """py-spy (``pip install py-spy``) samples the server while the fast run lasts:
     a raw file of folded stacks, or an SVG flame graph when ``path`` ends in .svg."""
-    spy = Path(sys.executable).with_name("py-spy")
+    spy = _py_spy_path()
+    assert spy is not None  # checked with the arguments
     form = "flamegraph" if path.endswith(".svg") else "raw"
     return await asyncio.create_subprocess_exec(
         str(spy), "record", "-p", str(pid), "-d", str(max(1, int(seconds - 1))), "-r", "200",
@@ -323,6 +330,8 @@ def run(argv: list[str]) -> list[Figure]:
     parser.add_argument("--fences", type=int, default=10_000)
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server's fast run into FILE")
     args = parser.parse_args(argv)
+    if args.profile and _py_spy_path() is None:
+        parser.error("--profile needs py-spy: pip install py-spy")
 
     from tests.pgserver import PgServer
 
@@ -373,7 +382,7 @@ def run(argv: list[str]) -> list[Figure]:
             f"{fast.rss_mb[len(fast.rss_mb) // 2]:,.0f} MB half way, {fast.rss_mb[-1]:,.0f} MB "
             "at the end"
         )
-    if args.profile:
+    if args.profile and not args.profile.endswith(".svg"):
         print_summary(Path(args.profile), fast.cpu_us["server"])
     if paced.skipped:
         print(f"paced: {paced.skipped} bursts not sent (their unit had a full window unacked)")
