@@ -49,7 +49,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import fleet
-from bench.report import Figure, print_table
+from bench.report import Figure, WrongAnswers, print_table
 from tracker.server import Server
 from tracker.settings import Settings
 from tracker.store import StoredPosition
@@ -58,10 +58,6 @@ from tracker.store.postgis_startup import LATEST
 
 TARGET_S = 30.0
 SAMPLE = 200  # vehicles whose location is checked after start-up
-
-
-class WrongAnswers(Exception):
-    """A correctness check failed: the table was printed, the run does not count."""
 
 
 class NaiveServer(Server):

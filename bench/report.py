@@ -15,6 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 
+class WrongAnswers(Exception):
+    """A correctness check failed: the table was printed, the run does not count."""
+
+
 @dataclass(frozen=True)
 class Figure:
     what: str  # "positions/s stored and acked, GT06+JT808+Teltonika mix"

@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tracker.api
 from bench import fleet
-from bench.report import Figure, print_table
+from bench.report import Figure, WrongAnswers, print_table
 from tracker import views
 from tracker.api import ORJSONResponse
 from tracker.api_location import LocationFastLane
@@ -67,10 +67,6 @@ from tracker.store.postgis_startup import POSITION_FIELDS
 TARGET_RPS = 5_000
 TARGET_P99_MS = 20.0
 CHECK_EVERY = 16  # answers whose position is checked field by field
-
-
-class WrongAnswers(Exception):
-    """A correctness check failed: the table was printed, the run does not count."""
 
 
 def _add_naive_route(app: Any, server: Any) -> None:

@@ -3,24 +3,11 @@ vehicle at once, and each unit's newest position across monthly partitions."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-from tracker.store import Store, StoredPosition, Unit, User
+from tracker.store import Store, Unit, User
 
-T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
-SECOND = timedelta(seconds=1)
-
-
-def fix(unique_id: str, fix_time: datetime, **fields: Any) -> StoredPosition:
-    defaults: dict[str, Any] = {
-        "vehicle_id": "v1",
-        "protocol": "gt06",
-        "server_time": fix_time + SECOND,
-        "lat": -1.286389,
-        "lon": 36.817223,
-    }
-    return StoredPosition(unique_id=unique_id, fix_time=fix_time, **{**defaults, **fields})
+from .test_store_contract import SECOND, T0, fix
 
 
 async def test_all_vehicles_is_every_page_of_list_vehicles(store: Store) -> None:
