@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -14,7 +14,14 @@ from tracker.store import Event, StoredPosition, Unit, Vehicle
 
 
 def iso(moment: datetime) -> str:
-    """ISO 8601 in UTC with a Z, milliseconds kept when present."""
+    """ISO 8601 in UTC with a Z, milliseconds kept when present.
+
+    Every REST row and live message carries two of these, so the common case
+    (UTC) is orjson's C formatting, cut to milliseconds: a third of the cost
+    of ``isoformat``."""
+    if moment.tzinfo is UTC:
+        quoted = orjson.dumps(moment, option=orjson.OPT_UTC_Z)  # b'"...05.123456Z"'
+        return quoted[1:24].decode() + "Z" if moment.microsecond else quoted[1:-1].decode()
     text = moment.isoformat(timespec="milliseconds" if moment.microsecond else "seconds")
     return text.replace("+00:00", "Z")
 
@@ -66,7 +73,9 @@ def position(row: StoredPosition) -> dict[str, Any]:
 
 
 def live_position(row: StoredPosition, *, latest: bool) -> dict[str, Any]:
-    return {"type": "position", **position(row), "latest": latest}
+    body = position(row)
+    body["type"], body["latest"] = "position", latest
+    return body
 
 
 def live_position_later(row: StoredPosition, *, latest: bool) -> Callable[[], dict[str, Any]]:
