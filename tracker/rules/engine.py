@@ -219,6 +219,7 @@ class RuleEngine(MotionRules):
     ) -> list[Event]:
         observed = self._classify(rows)
         events: list[Event] = []
+        late_before = now - timedelta(seconds=self.settings.late_after_s)
         for i in order:
             row = rows[i]
             unit = self._unit(row.unique_id)
@@ -226,7 +227,7 @@ class RuleEngine(MotionRules):
                 continue
             state = self._units.setdefault(row.unique_id, _UnitState())
             out_of_order = state.last is not None and row.fix_time <= state.last.fix_time
-            late = out_of_order or (now - row.fix_time).total_seconds() > self.settings.late_after_s
+            late = out_of_order or row.fix_time < late_before
             events += self.alarms(
                 row.unique_id,
                 row.attributes,

@@ -52,9 +52,14 @@ class _Nights:
         return spot
 
 
+_ZONES = {zone: timedelta(hours=zone) for zone in range(-12, 13)}  # made once, not per fix
+
+
 def local_time(moment: datetime, lon: float) -> datetime:
     """Solar local time: UTC shifted by the longitude's 15-degree zone."""
-    return moment + timedelta(hours=round(lon / 15))
+    zone = round(lon / 15)
+    shift = _ZONES.get(zone)
+    return moment + (timedelta(hours=zone) if shift is None else shift)
 
 
 class PlaceRules(AlertRules):
