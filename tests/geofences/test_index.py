@@ -194,6 +194,70 @@ def test_one_margin_for_the_whole_batch() -> None:
     )
 
 
+# The occupancy grid in front of the tree ------------------------------------------------
+
+
+@cache
+def scattered() -> FenceIndex:
+    """Small squares tens of kilometres apart: most points are near none of them."""
+    return FenceIndex(
+        [
+            fence(f"s{i}", shapely.box(lon, lat, lon + 0.003, lat + 0.002))
+            for i, (lon, lat) in enumerate([(2.0, 48.0), (2.4137, 48.3), (2.8, 47.7), (3.5, 48.9)])
+        ]
+    )
+
+
+# Points on, just inside and just outside the squares' edges (and far away), so that
+# margin boxes touch a fence's box exactly, by a hair, or not at all.
+EDGES = st.sampled_from([2.0, 2.003, 2.4137, 2.4167, 2.8, 2.803, 3.5, 3.503, 5.0])
+EDGE_POINTS = st.lists(
+    st.tuples(
+        st.builds(lambda x, d: x + d, EDGES, st.sampled_from([0.0, 1e-12, -1e-12, 4e-4, -0.02])),
+        st.builds(lambda y, d: y + d, st.sampled_from([48.0, 48.002, 48.3, 47.7, 48.9, 40.0]),
+                  st.sampled_from([0.0, 1e-12, -1e-12, 3e-4, -0.02])),
+        st.sampled_from([0.0, 1e-4, 30.0, 500.0, 3_000.0, 200_000.0]),
+    ),
+    min_size=1,
+    max_size=40,
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(EDGE_POINTS)
+def test_grid_sets_aside_only_points_near_no_fence(
+    points: list[tuple[float, float, float]],
+) -> None:
+    index = scattered()
+    lons, lats, margins = (np.array(column) for column in zip(*points, strict=True))
+    batch = index.classify_many(lons, lats, margins)
+    for i, (lon, lat, margin) in enumerate(points):
+        rows = {fence_id: found for point, fence_id, found in batch if point == i}
+        assert rows == index.classify(lon, lat, margin), (lon, lat, margin)
+
+
+def test_grid_lets_through_a_box_that_only_touches_a_fence() -> None:
+    index = scattered()
+    # 30 m east of the square's east edge, with a margin of 30 m plus a hair: UNSURE.
+    ry = 30.0 / METRES_PER_DEGREE
+    rx = ry / math.cos(math.radians(48.001))
+    got = index.classify_many(np.array([2.003 + rx]), np.array([48.001]), np.array([30.001]))
+    assert got == [(0, "s0", UNSURE)]
+    far = index.classify_many(np.array([2.003 + 2 * rx]), np.array([48.001]), np.array([30.0]))
+    assert far == []
+
+
+def test_fences_around_the_world_coarsen_the_grid_not_the_answers() -> None:
+    corners = [(-179.9, -80.0), (179.0, 80.0), (0.0, 0.0), (-70.0, 10.0)]
+    index = FenceIndex(
+        [fence(f"w{i}", circle(lon, lat, 500)) for i, (lon, lat) in enumerate(corners)]
+    )
+    lons = np.array([x for x, _ in corners] + [90.0])
+    lats = np.array([y for _, y in corners] + [45.0])
+    got = index.classify_many(lons, lats, np.zeros(5))
+    assert got == [(i, f"w{i}", INSIDE) for i in range(4)]
+
+
 # Ten thousand fences against a brute-force loop ---------------------------------------
 
 
