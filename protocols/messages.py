@@ -9,7 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar, dataclass_transform
+
+T = TypeVar("T")
+
+
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
+def record(cls: type[T]) -> type[T]:
+    """A frozen dataclass to the type checker, a plain slots one at run time.
+
+    For the records made once per position: a frozen dataclass's ``__init__``
+    sets each field through ``object.__setattr__``, 1.1 us more per object of
+    a dozen fields than plain assignment, on every fix and every row of a track
+    read. mypy still rejects any assignment to a field."""
+    return dataclass(slots=True)(cls)
+
 
 # The normalised attribute names every protocol maps onto.
 ATTRIBUTES = frozenset(
@@ -59,7 +73,7 @@ class Heartbeat:
     raw: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Position:
     """One fix, normalised. ``fix_time`` is an aware UTC datetime."""
 

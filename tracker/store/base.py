@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from protocols.messages import record
+
 UnitKind = Literal["wired", "battery"]
 LoanState = Literal["current", "delinquent", "recovery", "closed"]
 Role = Literal["admin", "servicing", "recovery", "viewer"]
@@ -67,7 +69,7 @@ class Vehicle:
     assignees: tuple[str, ...] = ()  # user ids of the recovery agents on this car
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StoredPosition:
     """A position as stored: one row of the positions table."""
 
