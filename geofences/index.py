@@ -68,14 +68,19 @@ _GRID_MAX_CELLS = 1 << 22
 class _Occupancy:
     """Which cells of a regular lon/lat grid some fence's bounding box touches.
 
-    A point whose box touches no such cell is OUTSIDE every fence: ``near`` is
-    exact about that (no false negatives) and cheap about the rest (a box
-    may touch a cell another fence's box touches elsewhere).
+    A point whose box touches no such cell is OUTSIDE every fence. ``near``
+    never sets aside a point whose box meets a fence's box; it lets through
+    some that meet none (a cell is coarser than the boxes in it).
     """
 
     __slots__ = ("_cell", "_cells", "_x0", "_y0")
 
     def __init__(self, bounds: NDArray[np.float64]) -> None:
+        bounds = bounds[np.isfinite(bounds).all(axis=1)]  # an empty geometry has none
+        if not len(bounds):  # one empty cell: nothing is near
+            self._x0, self._y0, self._cell = 0.0, 0.0, 1.0
+            self._cells = np.zeros((1, 1), dtype=bool)
+            return
         x0, y0 = bounds[:, 0].min(), bounds[:, 1].min()
         width, height = bounds[:, 2].max() - x0, bounds[:, 3].max() - y0
         cell = max(_GRID_CELL_DEG, math.sqrt(width * height / _GRID_MAX_CELLS))
@@ -83,7 +88,8 @@ class _Occupancy:
         self._x0, self._y0, self._cell = float(x0), float(y0), cell
         first = np.floor((bounds[:, :2] - (x0, y0)) / cell).astype(np.int64).tolist()
         last = np.floor((bounds[:, 2:] - (x0, y0)) / cell).astype(np.int64).tolist()
-        self._cells = np.zeros((max(y for _, y in last) + 1, max(x for x, _ in last) + 1), bool)
+        shape = (max(y for _, y in last) + 1, max(x for x, _ in last) + 1)
+        self._cells = np.zeros(shape, dtype=bool)
         for (ix0, iy0), (ix1, iy1) in zip(first, last, strict=True):
             self._cells[iy0 : iy1 + 1, ix0 : ix1 + 1] = True
 

@@ -247,6 +247,15 @@ def test_grid_lets_through_a_box_that_only_touches_a_fence() -> None:
     assert far == []
 
 
+def test_an_empty_fence_contains_nothing_and_spoils_nothing() -> None:
+    square = fence("sq", shapely.box(2.0, 48.0, 2.01, 48.01))
+    index = FenceIndex([fence("empty", Polygon()), square])
+    got = index.classify_many(np.array([2.005, 30.0]), np.array([48.005, 10.0]), np.zeros(2))
+    assert got == [(0, "sq", INSIDE)]
+    only_empty = FenceIndex([fence("empty", Polygon())])
+    assert only_empty.classify_many(np.array([0.0]), np.array([0.0]), np.array([10.0])) == []
+
+
 def test_fences_around_the_world_coarsen_the_grid_not_the_answers() -> None:
     corners = [(-179.9, -80.0), (179.0, 80.0), (0.0, 0.0), (-70.0, 10.0)]
     index = FenceIndex(
