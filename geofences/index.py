@@ -125,7 +125,7 @@ class _Occupancy:
         iy0, iy1 = np.clip(iy0, 0, rows - 1), np.clip(iy1, 0, rows - 1)
         cells = self._cells
         touched = cells[iy0, ix0] | cells[iy0, ix1] | cells[iy1, ix0] | cells[iy1, ix1]
-        return within & (wide | touched)  # type: ignore[no-any-return]
+        return within & (wide | touched)
 
 
 class Side(enum.Enum):

@@ -1,12 +1,14 @@
-"""Filters: drop fixes that would mislead a user. Pure; the pipeline counts drops."""
+"""Filters: drop fixes that would mislead a user, and the row a kept fix
+becomes. Pure; the pipeline counts drops."""
 
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from protocols import Position
-from tracker.store import StoredPosition
+from tracker import views
+from tracker.store import StoredPosition, Unit
 
 
 def drop_reason(
@@ -28,3 +30,27 @@ def drop_reason(
     if last is not None and last.fix_time == position.fix_time:
         return "duplicate"
     return None
+
+
+def stored_row(unit: Unit, protocol: str, position: Position, now: datetime) -> StoredPosition:
+    """The row a kept fix becomes: its unit's vehicle, UTC times, ``now`` as the
+    server time, and attributes made JSON-plain with the codec's ``raw`` under "raw"."""
+    attributes = dict(position.attributes)
+    if position.raw:
+        attributes["raw"] = position.raw
+    return StoredPosition(
+        unique_id=unit.unique_id,
+        vehicle_id=unit.vehicle_id,
+        protocol=protocol,
+        fix_time=position.fix_time.astimezone(UTC),
+        server_time=now,
+        lat=position.lat,
+        lon=position.lon,
+        valid=position.valid,
+        speed_kmh=max(0.0, position.speed_kmh),
+        course_deg=position.course_deg,
+        altitude_m=position.altitude_m,
+        accuracy_m=position.accuracy_m,
+        satellites=position.satellites,
+        attributes=views.plain(attributes),
+    )

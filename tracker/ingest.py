@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from protocols import Position
 from tracker import views
 from tracker.cache import LatestState
-from tracker.filters import drop_reason
+from tracker.filters import drop_reason, stored_row
 from tracker.live import Hub
 from tracker.store import Store, StoredPosition, Unit
 
@@ -152,25 +152,7 @@ class Pipeline:
         if reason is not None:
             self.stats[f"positions_dropped.{reason}"] += 1
             return None
-        attributes = dict(position.attributes)
-        if position.raw:
-            attributes["raw"] = position.raw
-        return StoredPosition(
-            unique_id=unit.unique_id,
-            vehicle_id=unit.vehicle_id,
-            protocol=protocol,
-            fix_time=position.fix_time.astimezone(UTC),
-            server_time=now,
-            lat=position.lat,
-            lon=position.lon,
-            valid=position.valid,
-            speed_kmh=max(0.0, position.speed_kmh),
-            course_deg=position.course_deg,
-            altitude_m=position.altitude_m,
-            accuracy_m=position.accuracy_m,
-            satellites=position.satellites,
-            attributes=views.plain(attributes),
-        )
+        return stored_row(unit, protocol, position, now)
 
     def saw(self, unique_id: str, attributes: dict[str, Any] | None = None) -> None:
         """The unit said something that is not a stored position (heartbeat,
