@@ -179,6 +179,23 @@ def test_crc16_ibm_check_value() -> None:
     assert crc16_ibm(b"") == 0
 
 
+def crc16_ibm_bitwise(data: bytes) -> int:
+    """The definition, one bit at a time: reflected 0x8005, init 0."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+@given(st.binary(max_size=600), st.integers(0, 3))
+def test_crc16_ibm_two_bytes_a_step_is_the_definition(data: bytes, skip: int) -> None:
+    # odd and even lengths, and a memoryview that starts on an odd address
+    assert crc16_ibm(data) == crc16_ibm_bitwise(data)
+    assert crc16_ibm(memoryview(data)[skip:]) == crc16_ibm_bitwise(data[skip:])
+
+
 @vectors()
 def test_vector_expectations_are_all_checked(vector: dict[str, Any]) -> None:
     assert set(vector["expect"]) <= CHECKED, "a new expect key: assert it here"
