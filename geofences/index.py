@@ -155,7 +155,7 @@ class FenceIndex:
         self._geometries = np.array([fence.geometry for fence in self._fences], dtype=object)
         shapely.prepare(self._geometries)
         self._tree = shapely.STRtree(self._geometries)
-        self._grid = _Occupancy(shapely.bounds(self._geometries)) if self._fences else None
+        self._grid = _Occupancy(shapely.bounds(self._geometries).reshape(-1, 4))
 
     def __len__(self) -> int:
         return len(self._fences)
@@ -270,9 +270,7 @@ class FenceIndex:
         ry = margins / METRES_PER_DEGREE
         rx = ry / np.maximum(np.cos(np.radians(y)), _MIN_COS_LAT)
         has_margin = margins >= _MIN_MARGIN_M
-        assert self._grid is not None  # there are fences
-        none = np.zeros_like(rx)
-        near = self._grid.near(x, y, np.where(has_margin, rx, none), np.where(has_margin, ry, none))
+        near = self._grid.near(x, y, np.where(has_margin, rx, 0.0), np.where(has_margin, ry, 0.0))
         if not near.all():  # classify only the points near some fence, then number them back
             chosen = np.flatnonzero(near)
             points, fences, sides = self._pairs_near(

@@ -53,7 +53,7 @@ def crc16_ibm(data: bytes | bytearray | memoryview) -> int:
     """CRC-16/IBM (ARC), the CRC of Teltonika's AVL packets.
 
     Polynomial 0x8005 reflected (0xA001), init 0, no output xor;
-    ``crc16_ibm(b"123456789") == 0xBB3D``. Two bytes a step: 6.6 us for a
+    ``crc16_ibm(b"123456789") == 0xBB3D``. Two bytes a step: 6.4 us for a
     330-byte packet of eight records, 20 us a byte at a time.
     """
     crc = 0
