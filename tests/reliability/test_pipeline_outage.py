@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import statistics
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -138,7 +139,9 @@ async def test_the_delay_between_retries_is_capped(store: FlakyStore) -> None:
     commit = asyncio.create_task(pipeline.commit(rows(0, 1)))
     await asyncio.sleep(0.3)
     gaps = [b - a for a, b in zip(store.attempts, store.attempts[1:], strict=False)]
-    assert max(gaps) < 0.04 + 0.03
+    # uncapped, the gaps after the third would be 0.08, 0.16 s; the median shrugs off one
+    # scheduler hiccup on a busy machine, which a bound on the largest gap would not
+    assert statistics.median(gaps[3:]) < 0.06
     assert sum(gap >= 0.04 for gap in gaps) >= 3  # most at the cap
     store.down = False
     await asyncio.wait_for(commit, 1)
