@@ -86,8 +86,8 @@ class NaiveStore(PostgisStore):
         return inserted
 
 
-def _serve(database_url: str, naive: bool, ports: Any, stop: Any) -> None:
-    """Child process: the real server, optionally on the naive store."""
+def _serve(database_url: str, naive: bool, writers: int, ports: Any, stop: Any) -> None:
+    """Child process: the real server, optionally on the naive store (one writer)."""
     from tracker.server import Server
 
     async def main() -> None:
@@ -100,6 +100,7 @@ def _serve(database_url: str, naive: bool, ports: Any, stop: Any) -> None:
             gateway=GatewaySettings(max_connections_per_ip=1000),
             batch_max_rows=1 if naive else 5000,
             batch_max_delay_ms=0 if naive else 5,
+            batch_writers=1 if naive else writers,
         )
         server = Server(settings, store=NaiveStore(database_url) if naive else None)
         await server.start()
@@ -306,7 +307,7 @@ def run_one(
 ) -> Result:  # fmt: skip
     ctx = multiprocessing.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=_serve, args=(url, naive, ports, stop))
+    child = ctx.Process(target=_serve, args=(url, naive, args.writers, ports, stop))
     child.start()
     try:
         found = ports.get(timeout=120)
@@ -328,6 +329,9 @@ def run(argv: list[str]) -> list[Figure]:
     parser.add_argument("--rate", type=float, default=20_000, help="paced run, positions/s")
     parser.add_argument("--paced-seconds", type=float, help="default: --seconds")
     parser.add_argument("--fences", type=int, default=10_000)
+    parser.add_argument(
+        "--writers", type=int, default=Settings().batch_writers, help="store.batch_writers"
+    )
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server's fast run into FILE")
     args = parser.parse_args(argv)
     if args.profile and _py_spy_path() is None:

@@ -124,6 +124,7 @@ class Server:
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_ms / 1000,
             max_pending_rows=settings.max_pending_rows,
+            writers=settings.batch_writers,
             future_limit=timedelta(seconds=settings.future_limit_s),
             clock=clock,
         )

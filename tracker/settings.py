@@ -79,6 +79,7 @@ class Settings:
     register_unknown_units: bool = False
     batch_max_rows: int = 2000
     batch_max_delay_ms: float = 5.0
+    batch_writers: int = 2  # batches written at once, each on a store connection of its own
     # positions held unacknowledged while the store is down; past it, units are not read
     max_pending_rows: int = 100_000
     shutdown_grace_s: float = 10.0  # SIGTERM: time to store and acknowledge what is in flight
@@ -228,6 +229,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "register_unknown_units": _bool,
     "store.batch_max_rows": _positive_int,
     "store.batch_max_delay_ms": _float,
+    "store.batch_writers": _positive_int,
     "store.max_pending_rows": _positive_int,
     "server.shutdown_grace_s": _float,
     "filters.future_limit_s": _positive_int,
@@ -359,6 +361,7 @@ def _build(values: dict[str, Any]) -> Settings:
         register_unknown_units=values.get("register_unknown_units", False),
         batch_max_rows=values.get("store.batch_max_rows", defaults.batch_max_rows),
         batch_max_delay_ms=values.get("store.batch_max_delay_ms", defaults.batch_max_delay_ms),
+        batch_writers=values.get("store.batch_writers", defaults.batch_writers),
         max_pending_rows=values.get("store.max_pending_rows", defaults.max_pending_rows),
         shutdown_grace_s=values.get("server.shutdown_grace_s", defaults.shutdown_grace_s),
         future_limit_s=values.get("filters.future_limit_s", defaults.future_limit_s),

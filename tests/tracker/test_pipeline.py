@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from protocols import Position
 from tracker.cache import LatestState
 from tracker.ingest import Pipeline, StoreUnavailable
 from tracker.live import Hub
-from tracker.store import Store, Unit
+from tracker.store import Store, StoredPosition, Unit
 from tracker.store.sqlite import SqliteStore
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
@@ -117,6 +118,130 @@ async def test_stopped_pipeline_refuses_rows(pipeline: Pipeline) -> None:
     with pytest.raises(StoreUnavailable):
         await pipeline.commit([row])
     pipeline.start()  # the fixture stops it again
+
+
+class GatedStore(SqliteStore):
+    """SQLite whose batch writes wait, each, until the test opens its gate."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.gates: list[asyncio.Event] = []  # one per insert_positions call, in order
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await gate.wait()
+            return await super().insert_positions(rows)
+        finally:
+            self.in_flight -= 1
+
+
+OTHER = Unit("456", "veh-2", "wired")
+
+
+@pytest.fixture
+async def gated(tmp_path: Path) -> AsyncIterator[GatedStore]:
+    store = GatedStore(f"sqlite:///{tmp_path}/t.db")
+    await store.open()
+    await store.put_vehicle("veh-1", plate=None, vin=None, loan_ref=None, units=[UNIT])
+    await store.put_vehicle("veh-2", plate=None, vin=None, loan_ref=None, units=[OTHER])
+    yield store
+    for gate in store.gates:
+        gate.set()
+    await store.close()
+
+
+def gated_pipeline(store: GatedStore, writers: int) -> Pipeline:
+    pipeline = Pipeline(
+        store,
+        LatestState(),
+        Hub(),
+        Counter(),
+        max_delay_s=0.001,
+        writers=writers,
+        clock=lambda: NOW,
+    )
+    pipeline.start()
+    return pipeline
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Poll: the conditions are the pipeline's internals, with no event to wait on."""
+    async with asyncio.timeout(5):
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("writers", [1, 2, 3])
+async def test_batches_are_written_as_many_at_once_as_there_are_writers(
+    gated: GatedStore, writers: int
+) -> None:
+    pipeline = gated_pipeline(gated, writers)
+    commits = []
+    for n in range(4):  # each joins the buffer while the writers before it are busy
+        row = pipeline.accept(UNIT if n % 2 else OTHER, "gt06", fix(n, unique_id="x"))
+        assert row is not None
+        commits.append(asyncio.create_task(pipeline.commit([row])))
+        await until(lambda n=n: len(gated.gates) == min(n + 1, writers))
+    await asyncio.sleep(0.05)
+    assert gated.most_in_flight == len(gated.gates) == writers  # the rest wait their turn
+    assert pipeline.pending_rows == 4
+    while not all(commit.done() for commit in commits):
+        for gate in gated.gates:
+            gate.set()
+        await asyncio.sleep(0.001)
+    assert pipeline.stats["positions_stored"] == 4
+    assert pipeline.pending_rows == 0
+    await pipeline.stop()
+
+
+async def test_a_batch_that_commits_is_acknowledged_while_another_is_still_in_the_store(
+    gated: GatedStore,
+) -> None:
+    pipeline = gated_pipeline(gated, 2)
+    first, second = (
+        pipeline.accept(unit, "gt06", fix(1, unique_id=unit.unique_id)) for unit in (UNIT, OTHER)
+    )
+    assert first is not None
+    assert second is not None
+    slow = asyncio.create_task(pipeline.commit([first]))
+    await until(lambda: len(gated.gates) == 1)
+    fast = asyncio.create_task(pipeline.commit([second]))
+    await until(lambda: len(gated.gates) == 2)
+    gated.gates[1].set()
+    await asyncio.wait_for(fast, 5)
+    assert not slow.done()
+    assert pipeline.pending_rows == 1
+    gated.gates[0].set()
+    await asyncio.wait_for(slow, 5)
+    await pipeline.stop()
+
+
+async def test_stop_waits_for_every_writer_and_abandons_nothing_written(
+    gated: GatedStore,
+) -> None:
+    pipeline = gated_pipeline(gated, 2)
+    commits = []
+    for unit in (UNIT, OTHER):  # the second while the first writer is busy
+        row = pipeline.accept(unit, "gt06", fix(1, unique_id=unit.unique_id))
+        assert row is not None
+        commits.append(asyncio.create_task(pipeline.commit([row])))
+        await until(lambda: len(gated.gates) == len(commits))
+    gated.gates[1].set()
+    await until(lambda: commits[1].done())
+    stopping = asyncio.create_task(pipeline.stop(timeout_s=5))
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # the other writer's batch is still in the store
+    gated.gates[0].set()
+    await asyncio.wait_for(stopping, 5)
+    assert all(commit.done() and commit.exception() is None for commit in commits)
+    assert pipeline.abandoned_rows == 0
+    assert pipeline.stats["positions_stored"] == 2
 
 
 @pytest.mark.parametrize(

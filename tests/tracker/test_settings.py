@@ -128,3 +128,11 @@ def test_outage_and_shutdown_settings(tmp_path: Path) -> None:
     assert (settings.max_pending_rows, settings.shutdown_grace_s) == (5000, 4.0)
     with pytest.raises(ConfigError, match=r"store\.max_pending_rows"):
         load(None, environ={"TRACKER_STORE_MAX_PENDING_ROWS": "0"})
+
+
+def test_batch_writers(tmp_path: Path) -> None:
+    assert load(None, environ={}).batch_writers == 2
+    assert load(write(tmp_path, "[store]\nbatch_writers = 1\n"), environ={}).batch_writers == 1
+    assert load(None, environ={"TRACKER_STORE_BATCH_WRITERS": "3"}).batch_writers == 3
+    with pytest.raises(ConfigError, match=r"store\.batch_writers"):
+        load(None, environ={"TRACKER_STORE_BATCH_WRITERS": "0"})

@@ -149,7 +149,7 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
 
     kind = "postgis"
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 4) -> None:
+    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 6) -> None:
         self._url = url
         self._min_size = min_size
         self._max_size = max_size
