@@ -200,6 +200,19 @@ def test_towed_moving_with_ignition_off_for_two_minutes() -> None:
     assert types(world.fix(300, 1000, ignition=True)) == ["towed_cleared"]
 
 
+def test_an_open_alert_makes_no_event_for_the_fixes_that_repeat_it() -> None:
+    world = World()
+    for k in range(10):  # towed from the 7th fix, power cut on every one
+        world.fix(k * 20, k * 100, ignition=False, speed_kmh=25.0, power_cut=True)
+    assert set(world.engine.open) == {("car", "towed:111"), ("car", "power_cut:111")}
+    assert world.fix(220, 1100, ignition=False, speed_kmh=25.0, power_cut=True) == []
+    opened = [world.engine.open[("car", key)].id for key in ("power_cut:111", "towed:111")]
+    cleared = world.fix(240, 1200, ignition=True)
+    assert types(cleared) == ["towed_cleared"]
+    # ids are drawn in order, one per event made: none was made to be thrown away
+    assert [*opened, cleared[0].id] == ["e0", "e1", "e2"]
+
+
 def test_long_stay_after_days_without_moving() -> None:
     world = World(long_stay_days=3)
     events = []

@@ -183,6 +183,8 @@ class RuleEngine(MotionRules):
             key = f"{name}:{unique_id}"
             if attributes.get(name):
                 self._alarm_at[(unique_id, name)] = when
+                if (unit.vehicle_id, key) in self.open:
+                    continue  # open already: no event to make (a unit repeats it every fix)
                 event = self._event(
                     name,
                     ALARM_SEVERITY.get(name, "warning"),
@@ -443,6 +445,8 @@ class RuleEngine(MotionRules):
                 f"{key}_cleared", "info", unit, row.fix_time, now, row=row, late=late
             )
             return [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
+        if (unit.vehicle_id, key) in self.open:
+            return []  # open already, as for every fix until the vehicle is back
         event = self._event(
             key,
             "critical",

@@ -114,6 +114,8 @@ class MotionRules(PlaceRules):
             unit.vehicle_id
         ).towed_after_s:
             return []
+        if (unit.vehicle_id, key) in self.open:
+            return []  # open already, as for every fix of the tow
         event = self._event(
             "towed",
             "critical",
@@ -140,6 +142,8 @@ class MotionRules(PlaceRules):
         days = (row.fix_time - stay.since).total_seconds() / 86_400
         if days < self.settings_for(unit.vehicle_id).long_stay_days:
             return []
+        if (unit.vehicle_id, key) in self.open:
+            return []  # open already, as for every fix of the stay
         event = self._event(
             "long_stay",
             "warning",
