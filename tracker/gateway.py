@@ -305,6 +305,8 @@ class Gateway:
         Raises:
             Refused: ``idle``, it stopped reading.
         """
+        if not writer.transport.get_write_buffer_size():
+            return  # all sent already (nearly always): no timer to set up
         try:
             async with asyncio.timeout(self.settings.idle_timeout_s):
                 await writer.drain()
