@@ -201,8 +201,10 @@ class Pipeline:
         self._committers += 1
         self._no_committers.clear()
         try:
-            # shield: a unit that disconnects does not cancel the batch others wait on
-            await asyncio.shield(group[1])
+            # Cancelled (the server stops), this cancels the group's own future only:
+            # its rows are written with the batch all the same, or dropped unread
+            # while still waiting for room; every writer skips a future that is done.
+            await group[1]
         finally:
             self._committers -= 1
             if not self._committers:

@@ -244,6 +244,21 @@ async def test_stop_waits_for_every_writer_and_abandons_nothing_written(
     assert pipeline.stats["positions_stored"] == 2
 
 
+async def test_a_cancelled_commit_leaves_its_batch_alone(gated: GatedStore) -> None:
+    pipeline = gated_pipeline(gated, 1)
+    rows = [pipeline.accept(u, "gt06", fix(1, unique_id=u.unique_id)) for u in (UNIT, OTHER)]
+    commits = [asyncio.create_task(pipeline.commit([row])) for row in rows if row is not None]
+    await until(lambda: len(gated.gates) == 1)  # one batch holds both
+    commits[0].cancel()  # its unit's connection is torn down
+    await asyncio.sleep(0.01)
+    gated.gates[0].set()
+    await asyncio.wait_for(commits[1], 5)
+    assert commits[0].cancelled()
+    assert pipeline.stats["positions_stored"] == 2  # written all the same, never acknowledged
+    assert pipeline.pending_rows == 0
+    await pipeline.stop()
+
+
 @pytest.mark.parametrize(
     ("attributes", "stored"),
     [
