@@ -170,6 +170,7 @@ class Metrics(Collector):
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )
+        self._ack_children: dict[str, Histogram] = {}
         self.registry.register(self)
         server.pipeline.on_batch = self.on_batch
         for gateway in server.gateways:
@@ -181,7 +182,10 @@ class Metrics(Collector):
             self.commit_seconds.observe(seconds)
 
     def on_ack(self, protocol: str, seconds: float) -> None:
-        self.ack_seconds.labels(protocol).observe(seconds)
+        # once per read that stored positions: the labelled child is looked up once
+        if (child := self._ack_children.get(protocol)) is None:
+            child = self._ack_children[protocol] = self.ack_seconds.labels(protocol)
+        child.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition, of type ``CONTENT_TYPE``."""
