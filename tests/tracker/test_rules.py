@@ -181,6 +181,15 @@ def test_unit_alarms_open_once_and_clear_later() -> None:
     assert types(world.fix(700, 0)) == ["power_cut_cleared"]
 
 
+def test_an_alarm_open_before_a_restart_clears_on_a_fix_that_does_not_raise_it() -> None:
+    world = World()
+    opened = world.fix(0, 0, power_cut=True)
+    again = World()
+    again.engine.restore(opened, {"111": T0}, CAR.units, [], T0 + timedelta(minutes=1))
+    assert types(again.fix(20, 0)) == ["power_cut_cleared"]  # no time of it on record
+    assert types(again.fix(700, 0)) == []  # cleared once
+
+
 def test_units_separated_when_far_apart_at_about_the_same_time() -> None:
     world = World()
     world.fix(0, 0, unit=BATTERY)

@@ -32,6 +32,7 @@ from tracker.rules.silence import Deadlines
 from tracker.store import Event, StoredPosition, Unit, Vehicle
 
 ALARM_EVENTS = ("power_cut", "removed", "low_battery", "sos", "jamming")
+_ALARM_NAMES = frozenset(ALARM_EVENTS)
 ALARM_SEVERITY = {"sos": "critical", "removed": "critical", "power_cut": "critical"}
 
 
@@ -80,6 +81,7 @@ class RuleEngine(MotionRules):
         self.deadlines = Deadlines()
         self._units: dict[str, _UnitState] = {}
         self._alarm_at: dict[tuple[str, str], datetime] = {}
+        self._alarmed: set[str] = set()  # units with one of their alarms open
         self._risk_visits: dict[str, deque[datetime]] = {}
         self._index: FenceIndex | None = None
         self._fences: dict[str, Fence] = {}
@@ -113,6 +115,9 @@ class RuleEngine(MotionRules):
         for event in open_alerts:
             if event.alert_key is not None:
                 self.open[(event.vehicle_id, event.alert_key)] = event
+                name, _, unique_id = event.alert_key.partition(":")
+                if name in _ALARM_NAMES:
+                    self._alarmed.add(unique_id)
         # _silent_after for a million units, without a timedelta and a settings
         # look-up each where the global thresholds apply
         default = {
@@ -175,6 +180,8 @@ class RuleEngine(MotionRules):
         late: bool = False,
     ) -> list[Event]:
         """The unit's own alarms (a heartbeat's or a position's attributes)."""
+        if unique_id not in self._alarmed and _ALARM_NAMES.isdisjoint(attributes):
+            return []  # nearly every fix: no alarm raised, none open to clear
         unit = self._unit(unique_id)
         if unit is None:
             return []
@@ -208,6 +215,11 @@ class RuleEngine(MotionRules):
                         f"{name}_cleared", "info", unit, when, now, lat=lat, lon=lon
                     )
                     events += [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
+        open_alarm = (f"{name}:{unique_id}" for name in ALARM_EVENTS)
+        if any((unit.vehicle_id, key) in self.open for key in open_alarm):
+            self._alarmed.add(unique_id)
+        else:
+            self._alarmed.discard(unique_id)
         return events
 
     def positions(self, rows: Sequence[StoredPosition], now: datetime) -> list[Event]:
