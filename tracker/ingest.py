@@ -46,13 +46,13 @@ from tracker.cache import LatestState
 from tracker.filters import drop_reason, stored_row
 from tracker.live import Hub
 from tracker.store import Store, StoredPosition, Unit
+from tracker.store_health import StoreHealth, describe
 
 log = logging.getLogger(__name__)
 
 RETRY_FIRST_S = 0.1
 RETRY_MAX_S = 5.0
 PROBE_EVERY_S = 5.0  # an idle writer pings the store this often, so readiness follows it
-PING_TIMEOUT_S = 5.0
 WRITE_TIMEOUT_S = 30.0  # a batch taking longer is taken for a hung store, and retried
 # A batch failing this many times while the store answers pings is written one
 # commit at a time: rows the store will never take must not hold back the rest.
@@ -127,10 +127,7 @@ class Pipeline:
         self._committers = 0  # commit() calls not yet returned
         self._no_committers = asyncio.Event()
         self._no_committers.set()
-        self.store_healthy = True  # the last write or ping worked
-        self.store_error: str | None = None  # why not, while not
-        self._down_since = 0.0
-        self._last_ok = 0.0  # loop time of the last write or ping that worked
+        self.health = StoreHealth(store, stats, lambda: self.pending_rows, probe_every_s)
         self.abandoned_rows = 0  # rows left unwritten by stop(): never acknowledged
         self.observer: Observer | None = None
         # metrics: (rows, seconds, ok) of each batch the store was asked to commit
@@ -145,6 +142,15 @@ class Pipeline:
     @property
     def _writing_rows(self) -> int:
         return sum(rows for _, rows in self._writing)
+
+    @property
+    def store_healthy(self) -> bool:
+        """Whether the last write or ping worked."""
+        return self.health.healthy
+
+    @property
+    def store_error(self) -> str | None:
+        return self.health.error
 
     @property
     def waiting_commits(self) -> int:
@@ -317,7 +323,7 @@ class Pipeline:
                         await self._has_work.wait()
                 except TimeoutError:
                     if writer == 0:  # one is enough
-                        await self._probe()
+                        await self.health.probe()
                     continue
             wait = idle and self.max_delay_s > 0 and not self._closed  # closed: none to wait for
             if wait and self._pending_rows < self.max_rows:
@@ -340,7 +346,7 @@ class Pipeline:
         except Exception as exc:  # our bug: these commits must not wait forever
             for _, future in self._writing[writer][0]:
                 if not future.done():
-                    future.set_exception(StoreUnavailable(_describe(exc)))
+                    future.set_exception(StoreUnavailable(describe(exc)))
             raise
         finally:
             self._writing[writer] = ([], 0)
@@ -361,14 +367,14 @@ class Pipeline:
             failures += 1
             rejected = self._store.rejects_rows(result)
             hung = isinstance(result, TimeoutError)
-            answers = not rejected and not hung and await self._ping() is None
+            answers = not rejected and not hung and await self.health.ping() is None
             if rejected or (answers and failures % ISOLATE_AFTER == 0):
                 # the rows may be at fault, not the store: each commit alone
                 self.stats["batches_failed"] += 1
                 log.error(
                     "batch of %d positions failed (%s); writing each unit's rows alone",
                     len(rows),
-                    _describe(result),
+                    describe(result),
                 )
                 groups, result = await self._write_alone(groups, result)
                 self._writing[writer] = (groups, sum(len(rows) for rows, _ in groups))
@@ -377,7 +383,7 @@ class Pipeline:
                     return
             elif answers and failures == 1:
                 continue  # most likely a pooled connection that broke (the pool drops it)
-            self._store_down(result)
+            self.health.down(result)
             self.stats["batch_retries"] += 1
             log.debug("batch of %d positions: retrying in %.1f s", len(rows), delay)
             await asyncio.sleep(delay)
@@ -403,7 +409,7 @@ class Pipeline:
                 self._refuse(group, result)
             else:
                 failed.append((group, result))
-        if failed and took_some and await self._ping() is None:
+        if failed and took_some and await self.health.ping() is None:
             for group, result in failed:
                 self._refuse(group, result)
             return [], error
@@ -416,11 +422,11 @@ class Pipeline:
             "%d positions of unit %s refused by the store, not acknowledged: %s",
             len(rows),
             rows[0].unique_id,
-            _describe(error),
+            describe(error),
             extra={"unique_id": rows[0].unique_id, "protocol": rows[0].protocol},
         )
         if not future.done():
-            future.set_exception(StoreUnavailable(_describe(error)))
+            future.set_exception(StoreUnavailable(describe(error)))
 
     async def _insert(self, rows: list[StoredPosition]) -> int | Exception:
         """How many rows were new, or why the store did not take them."""
@@ -433,51 +439,8 @@ class Pipeline:
             self.on_batch(len(rows), loop.time() - started, False)
             return exc
         self.on_batch(len(rows), loop.time() - started, True)
-        self._store_up()
+        self.health.up()
         return inserted
-
-    async def _ping(self) -> Exception | None:
-        try:
-            async with asyncio.timeout(PING_TIMEOUT_S):
-                await self._store.ping()
-        except Exception as exc:
-            return exc
-        return None
-
-    async def _probe(self) -> None:
-        """Idle: find out whether the store is still there (or back)."""
-        loop = asyncio.get_running_loop()
-        if self.store_healthy and loop.time() - self._last_ok < self.probe_every_s:
-            return
-        error = await self._ping()
-        if error is None:
-            self._store_up()
-        else:
-            self._store_down(error)
-
-    def _store_down(self, error: Exception) -> None:
-        self.store_error = _describe(error)
-        if self.store_healthy:
-            self.store_healthy = False
-            self._down_since = asyncio.get_running_loop().time()
-            self.stats["store_outages"] += 1
-            log.error(
-                "store unavailable (%s): holding %d positions unacknowledged, retrying",
-                self.store_error,
-                self.pending_rows,
-            )
-
-    def _store_up(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._last_ok = loop.time()
-        if not self.store_healthy:
-            self.store_healthy = True
-            self.store_error = None
-            log.warning(
-                "store available again after %.1f s; writing %d held positions",
-                loop.time() - self._down_since,
-                self.pending_rows,
-            )
 
     def _committed(self, groups: list[Group], rows: list[StoredPosition], inserted: int) -> None:
         self.stats["batches"] += 1
@@ -505,12 +468,3 @@ class Pipeline:
             except Exception:  # a rule bug must not hold back acknowledgements
                 log.exception("rules failed on a batch of %d positions", len(rows))
                 self.stats["rule_failures"] += 1
-
-
-def _describe(error: BaseException) -> str:
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    first = error.__context__
-    if first is not None and error.__cause__ is None and not error.__suppress_context__:
-        # raised while cleaning up after another (a rollback on a dead connection)
-        text += f" (after {_describe(first)})"
-    return text

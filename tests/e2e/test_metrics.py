@@ -102,7 +102,7 @@ async def test_store_up_follows_the_pipeline(
         raise ConnectionError("store unreachable")
 
     monkeypatch.setattr(server.store, "ping", unreachable)  # an idle probe agrees
-    server.pipeline.store_healthy = False  # as after a failed write or ping
+    server.pipeline.health.healthy = False  # as after a failed write or ping
     assert value(await scrape(api), "tracker_store_up") == 0
 
 
