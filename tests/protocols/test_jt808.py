@@ -25,8 +25,7 @@ from hypothesis import strategies as st
 
 from protocols import Codec
 from protocols.errors import ProtocolError
-from protocols.jt808 import MAX_ASSEMBLIES, Jt808Codec
-from protocols.jt808_location import ALARM_BITS
+from protocols.jt808 import ALARM_BITS, MAX_ASSEMBLIES, Jt808Codec
 from protocols.messages import ALARMS, ATTRIBUTES, Heartbeat, Login, Message, Other, Position
 from tests.protocols.streams import assert_plausible, chunked, feed_all
 from tests.protocols.vectors import line, load
