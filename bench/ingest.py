@@ -36,6 +36,7 @@ import resource
 import shutil
 import statistics
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -258,31 +259,42 @@ class Result:
 
 
 async def _load(
-    name: str, ports: dict[str, int], units: list[Unit], args: argparse.Namespace,
+    name: str, servers: list[dict[str, int]], units: list[Unit], args: argparse.Namespace,
     seconds: float, rate: float | None, pg_dir: Path | None,
 ) -> Result:  # fmt: skip
+    """One run against ``servers`` (the ports of each server process): with more
+    than one, each protocol's units are dealt out between them in turn, and each
+    has its own live subscriber."""
     result = Result(name)
-    run = Run(units, ports.__getitem__, window=args.window, burst=args.burst, rate=rate)
-    live = LiveReader(ports["http"], "bench")
-    await live.connect()
+    dealt: Counter[str] = Counter()
+
+    def port(protocol: str) -> int:
+        dealt[protocol] += 1
+        return servers[(dealt[protocol] - 1) % len(servers)][protocol]
+
+    run = Run(units, port, window=args.window, burst=args.burst, rate=rate)
+    lives = [LiveReader(ports["http"], "bench") for ports in servers]
+    for live in lives:
+        await live.connect()
     await run.connect()
-    server_pid = ports["pid"]
+    server_pid = servers[0]["pid"]
+    server_pids = [ports["pid"] for ports in servers]
     spy = None
     if args.profile and rate is None and not name.startswith("naive"):
         spy = await _py_spy(server_pid, seconds, args.profile)
     pg = _postgres_pids(pg_dir)
-    before = (_cpu_s([server_pid]), _cpu_s(pg), resource.getrusage(resource.RUSAGE_SELF))
+    before = (_cpu_s(server_pids), _cpu_s(pg), resource.getrusage(resource.RUSAGE_SELF))
 
     async def sample_rss() -> None:
         while True:
-            result.rss_mb.append(_rss_mb(server_pid))
+            result.rss_mb.append(sum(_rss_mb(pid) for pid in server_pids))
             await asyncio.sleep(0.5)
 
     sampler = asyncio.create_task(sample_rss())
-    live_before = live.messages
+    live_before = sum(live.messages for live in lives)
     result.sent, result.acked, result.acked_in_time, result.seconds = await run.drive(seconds)
-    result.live_messages = live.messages - live_before
-    after = (_cpu_s([server_pid]), _cpu_s(_postgres_pids(pg_dir)), resource.getrusage(0))
+    result.live_messages = sum(live.messages for live in lives) - live_before
+    after = (_cpu_s(server_pids), _cpu_s(_postgres_pids(pg_dir)), resource.getrusage(0))
     per = 1e6 / max(result.acked, 1)
     result.cpu_us = {
         "server": (after[0] - before[0]) * per,
@@ -295,7 +307,8 @@ async def _load(
     result.latencies_ms = [s * 1000 for s in run.latencies]
     result.skipped = run.skipped
     run.close()
-    live.close()
+    for live in lives:
+        live.close()
     if spy is not None:
         await spy.wait()
     return result
@@ -307,14 +320,19 @@ def run_one(
 ) -> Result:  # fmt: skip
     ctx = multiprocessing.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
-    child = ctx.Process(target=_serve, args=(url, naive, args.writers, ports, stop))
-    child.start()
+    children = [
+        ctx.Process(target=_serve, args=(url, naive, args.writers, ports, stop))
+        for _ in range(1 if naive else args.servers)
+    ]
+    for child in children:
+        child.start()
     try:
-        found = ports.get(timeout=120)
+        found = [ports.get(timeout=120) for _ in children]
         result = asyncio.run(_load(name, found, units, args, seconds, rate, pg_dir))
     finally:
         stop.set()
-        child.join(60)
+        for child in children:
+            child.join(60)
     result.stored = asyncio.run(_count_and_clear(url))
     return result
 
@@ -331,6 +349,13 @@ def run(argv: list[str]) -> list[Figure]:
     parser.add_argument("--fences", type=int, default=10_000)
     parser.add_argument(
         "--writers", type=int, default=Settings().batch_writers, help="store.batch_writers"
+    )
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="server processes, the units dealt out between them (an upper bound for a"
+        " multi-process server: they share no state)",
     )
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server's fast run into FILE")
     args = parser.parse_args(argv)
@@ -367,7 +392,8 @@ def run(argv: list[str]) -> list[Figure]:
 
     print(
         f"\ningest: {args.units} units (GT06, JT/T 808, Teltonika), {args.fences:,} fences, "
-        f"window {args.window}, bursts of {args.burst}, one live subscriber to all, "
+        f"window {args.window}, bursts of {args.burst}, one live subscriber to all"
+        f"{f' of each of {args.servers} server processes' if args.servers > 1 else ''}, "
         f"PostGIS on this machine ({os.cpu_count()} cores)\n"
     )
     print(f"{'run':<9} {'acked/s':>9} {'stored':>9} {'p50 ms':>7} {'p99 ms':>7} "

@@ -47,6 +47,22 @@ def test_ingest_benchmark_stores_what_it_acknowledged(postgis_url: str) -> None:
     assert "ERROR" not in out
 
 
+@pytest.mark.postgis
+def test_ingest_benchmark_deals_units_out_between_server_processes(postgis_url: str) -> None:
+    out = bench(
+        "bench.ingest",
+        *("--units", "6", "--window", "4", "--burst", "2", "--seconds", "1", "--servers", "2"),
+        *("--naive-seconds", "0.5", "--rate", "200", "--fences", "50"),
+        env={"TRACKER_BENCH_DATABASE_URL": postgis_url},
+    )
+    assert "one live subscriber to all of each of 2 server processes" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
+    for run in ("tracker", "paced"):
+        assert int(rows[run][1].replace(",", "")) > 0, out
+        assert int(rows[run][5].replace(",", "")) > 0, out  # both subscribers together
+    assert "ERROR" not in out
+
+
 def test_rules_benchmark_prints_fences_and_silence() -> None:
     out = bench("bench.rules", "--seconds", "0.05", "--naive-seconds", "0.05")
     assert "positions/s classified, 100,000 fences, one core" in out
