@@ -112,7 +112,9 @@ class Server:
         self.stats: Counter[str] = Counter()
         if store is None and settings.database_url.startswith("sqlite:"):
             _prepare_sqlite_path(settings.database_url)
-        self.store: Store = store or open_store(settings.database_url)
+        self.store: Store = store or open_store(
+            settings.database_url, writers=settings.batch_writers
+        )
         self.registry = Registry(self.store, register_unknown_units=settings.register_unknown_units)
         self.cache = LatestState()
         self.hub = Hub(stats=self.stats)  # live.* counters in /api/v1/server and /metrics

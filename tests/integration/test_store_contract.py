@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 
 from tracker.store import (
+    POOL_BESIDE_WRITERS,
     Store,
     StoredPosition,
     Unit,
@@ -26,6 +27,7 @@ from tracker.store import (
     open_store,
 )
 from tracker.store.base import migrations_dir
+from tracker.store.postgis import PostgisStore
 from tracker.store.sqlite import path_of
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -384,6 +386,20 @@ async def test_in_memory_sqlite() -> None:
         assert await memory.track(["u1"], start=T0, end=T0 + SECOND, limit=5) == [fix("u1", T0)]
     finally:
         await memory.close()
+
+
+@pytest.mark.postgis
+@pytest.mark.parametrize("writers", [1, 2, 5])
+async def test_postgis_pool_holds_a_connection_for_each_batch_writer(
+    postgis_url: str, writers: int
+) -> None:
+    store = open_store(postgis_url, writers=writers)
+    assert isinstance(store, PostgisStore)
+    await store.open()
+    try:
+        assert store._pool.get_max_size() == writers + POOL_BESIDE_WRITERS
+    finally:
+        await store.close()
 
 
 @pytest.mark.postgis

@@ -42,8 +42,14 @@ __all__ = [
 ]
 
 
-def open_store(url: str) -> Store:
-    """The adapter for a database URL: ``sqlite:///path`` or ``postgresql://...``."""
+POOL_BESIDE_WRITERS = 4
+
+
+def open_store(url: str, *, writers: int = 2) -> Store:
+    """The adapter for a database URL: ``sqlite:///path`` or ``postgresql://...``.
+
+    ``writers``: the pipeline's batch writers, each holding a connection while it
+    writes (PostGIS keeps four more for reads, events and the audit log)."""
     if url.startswith("sqlite:"):
         from tracker.store.sqlite import SqliteStore
 
@@ -51,5 +57,5 @@ def open_store(url: str) -> Store:
     if url.startswith(("postgresql:", "postgres:")):
         from tracker.store.postgis import PostgisStore
 
-        return PostgisStore(url)
+        return PostgisStore(url, max_size=writers + POOL_BESIDE_WRITERS)
     raise ValueError(f"database.url must start with sqlite:/// or postgresql://, got {url!r}")
