@@ -184,7 +184,8 @@ async def test_batches_are_written_as_many_at_once_as_there_are_writers(
     pipeline = gated_pipeline(gated, writers)
     commits = []
     for n in range(4):  # each joins the buffer while the writers before it are busy
-        row = pipeline.accept(UNIT if n % 2 else OTHER, "gt06", fix(n, unique_id="x"))
+        unit = UNIT if n % 2 else OTHER
+        row = pipeline.accept(unit, "gt06", fix(n, unique_id=unit.unique_id))
         assert row is not None
         commits.append(asyncio.create_task(pipeline.commit([row])))
         await until(lambda n=n: len(gated.gates) == min(n + 1, writers))
