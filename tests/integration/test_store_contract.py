@@ -17,7 +17,6 @@ import asyncpg
 import pytest
 
 from tracker.store import (
-    POOL_BESIDE_WRITERS,
     Store,
     StoredPosition,
     Unit,
@@ -27,7 +26,7 @@ from tracker.store import (
     open_store,
 )
 from tracker.store.base import migrations_dir
-from tracker.store.postgis import PostgisStore
+from tracker.store.postgis import POOL_BESIDE_WRITERS, PostgisStore
 from tracker.store.sqlite import path_of
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC)

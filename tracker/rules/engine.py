@@ -186,24 +186,25 @@ class RuleEngine(MotionRules):
         if unit is None:
             return []
         events = []
+        still_open = False
         for name in ALARM_EVENTS:
             key = f"{name}:{unique_id}"
             if attributes.get(name):
                 self._alarm_at[(unique_id, name)] = when
-                if (unit.vehicle_id, key) in self.open:
-                    continue  # open already: no event to make (a unit repeats it every fix)
-                event = self._event(
-                    name,
-                    ALARM_SEVERITY.get(name, "warning"),
-                    unit,
-                    when,
-                    now,
-                    lat=lat,
-                    lon=lon,
-                    late=late,
-                    details={"source": "unit"},
-                )
-                events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
+                # open already: no event to make (a unit repeats it every fix)
+                if (unit.vehicle_id, key) not in self.open:
+                    event = self._event(
+                        name,
+                        ALARM_SEVERITY.get(name, "warning"),
+                        unit,
+                        when,
+                        now,
+                        lat=lat,
+                        lon=lon,
+                        late=late,
+                        details={"source": "unit"},
+                    )
+                    events += [e for e in [self._open(unit.vehicle_id, key, event)] if e]
             elif (unit.vehicle_id, key) in self.open and not late:
                 last = self._alarm_at.get((unique_id, name))
                 if (
@@ -215,8 +216,8 @@ class RuleEngine(MotionRules):
                         f"{name}_cleared", "info", unit, when, now, lat=lat, lon=lon
                     )
                     events += [e for e in [self._clear(unit.vehicle_id, key, event)] if e]
-        open_alarm = (f"{name}:{unique_id}" for name in ALARM_EVENTS)
-        if any((unit.vehicle_id, key) in self.open for key in open_alarm):
+            still_open = still_open or (unit.vehicle_id, key) in self.open
+        if still_open:
             self._alarmed.add(unique_id)
         else:
             self._alarmed.discard(unique_id)

@@ -42,9 +42,6 @@ __all__ = [
 ]
 
 
-POOL_BESIDE_WRITERS = 4
-
-
 def open_store(url: str, *, writers: int = 2) -> Store:
     """The adapter for a database URL: ``sqlite:///path`` or ``postgresql://...``.
 
@@ -55,7 +52,7 @@ def open_store(url: str, *, writers: int = 2) -> Store:
 
         return SqliteStore(url)
     if url.startswith(("postgresql:", "postgres:")):
-        from tracker.store.postgis import PostgisStore
+        from tracker.store.postgis import POOL_BESIDE_WRITERS, PostgisStore
 
         return PostgisStore(url, max_size=writers + POOL_BESIDE_WRITERS)
     raise ValueError(f"database.url must start with sqlite:/// or postgresql://, got {url!r}")

@@ -55,6 +55,7 @@ MIGRATION_LOCK = 0x7472_6B72_6D69_6701
 PARTITION_LOCK = 0x7472_6B72_7061_7201
 
 CLOSE_TIMEOUT_S = 5.0  # then the pool's connections are cut instead
+POOL_BESIDE_WRITERS = 4  # connections for reads, events and the audit log, beside the writers
 
 # The staging table's columns are StoredPosition's fields, in order.
 STAGING_COLUMNS = [f.name for f in dataclasses.fields(StoredPosition)]
@@ -149,7 +150,9 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
 
     kind = "postgis"
 
-    def __init__(self, url: str, *, min_size: int = 2, max_size: int = 6) -> None:
+    def __init__(
+        self, url: str, *, min_size: int = 2, max_size: int = 2 + POOL_BESIDE_WRITERS
+    ) -> None:
         self._url = url
         self._min_size = min_size
         self._max_size = max_size
