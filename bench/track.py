@@ -54,18 +54,16 @@ from bench.track_data import (
 )
 from tracker.server import GC_THRESHOLDS
 from tracker.settings import Settings
-from tracker.store import StoredPosition
-from tracker.store.postgis import PostgisStore
+from tracker.store import StoredPosition, TrackRow
+from tracker.store.postgis import TRACK_FIELDS, TRACK_ROW_FIELDS, PostgisStore
 
 TARGET_P99_MS = 50.0
 ADMIN_KEY = "bench"
 MAX_PAGE = 10_000  # tracker.api.MAX_TRACK_LIMIT
 
-# StoredPosition's fields as PostgisStore.track reads them (attributes as text).
+# The fields as PostgisStore.track and .track_rows read them.
 NAIVE_TRACK = f"""
-SELECT p.unique_id, p.vehicle_id, p.protocol, p.fix_time, p.server_time, p.lat, p.lon, p.valid,
-       p.speed_kmh::text::float8, p.course_deg::text::float8, p.altitude_m::text::float8,
-       p.accuracy_m::text::float8, p.satellites, p.attributes::text
+SELECT {{fields}}
 FROM {NAIVE_TABLE} p
 WHERE p.unique_id = ANY($1::text[]) AND p.fix_time >= $2 AND p.fix_time < $3
 ORDER BY p.fix_time, p.unique_id
@@ -123,11 +121,34 @@ class NaiveTrackStore(PostgisStore):
         limit: int,
         after: tuple[datetime, str] | None = None,
     ) -> list[StoredPosition]:
-        if after is not None:  # a day is one page (MAX_PAGE): no cursor needed
-            return []
-        rows = await self._pool.fetch(NAIVE_TRACK, list(unique_ids), start, end, limit)
+        rows = await self._naive(TRACK_FIELDS, unique_ids, start, end, limit, after)
         attributes = orjson.loads("[" + ",".join([r[13] for r in rows]) + "]")  # as ours
         return [StoredPosition(*[*r[:13], a]) for r, a in zip(rows, attributes, strict=True)]
+
+    async def track_rows(
+        self,
+        unique_ids: Sequence[str],
+        *,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> Sequence[TrackRow]:
+        return await self._naive(TRACK_ROW_FIELDS, unique_ids, start, end, limit, after)
+
+    async def _naive(
+        self,
+        fields: str,
+        unique_ids: Sequence[str],
+        start: datetime,
+        end: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None,
+    ) -> list[Any]:
+        if after is not None:  # a day is one page (MAX_PAGE): no cursor needed
+            return []
+        sql = NAIVE_TRACK.format(fields=fields)
+        return await self._pool.fetch(sql, list(unique_ids), start, end, limit)
 
 
 def sample(layout: Layout, count: int, rng: random.Random) -> list[Day]:

@@ -35,7 +35,7 @@ from tracker.auth import Principal, Who, peer, writer
 from tracker.metrics import CONTENT_TYPE
 from tracker.page import mount_static, page_html
 from tracker.rules import RuleSettings
-from tracker.store import StoredPosition, Unit, UnitConflict, Vehicle
+from tracker.store import Unit, UnitConflict, Vehicle
 from tracker.unit_secrets import UnitSecrets
 
 if TYPE_CHECKING:
@@ -196,8 +196,8 @@ def _bearer_is(request: Request, token: str) -> bool:
     return scheme.lower() == "bearer" and matches
 
 
-def _encode_cursor(row: StoredPosition) -> str:
-    raw = f"{row.fix_time.isoformat()}|{row.unique_id}".encode()
+def _encode_cursor(key: tuple[datetime, str]) -> str:
+    raw = f"{key[0].isoformat()}|{key[1]}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -372,10 +372,10 @@ def create_app(server: Server) -> FastAPI:
         if start >= end:
             raise HTTPException(400, "'from' must be before 'to'")
         after = _decode_cursor(cursor) if cursor else None
-        rows = await server.store.track(
+        rows = await server.store.track_rows(
             [u.unique_id for u in vehicle.units], start=start, end=end, limit=limit, after=after
         )
-        next_cursor = _encode_cursor(rows[-1]) if len(rows) == limit else None
+        next_cursor = _encode_cursor(views.track_key(rows[-1])) if len(rows) == limit else None
         await server.access.audit(
             principal.actor,
             "track.read",
@@ -385,6 +385,7 @@ def create_app(server: Server) -> FastAPI:
             end=views.iso(end),
             count=len(rows),
         )
+        items = views.track_items(rows)
         if format == "geojson":
             return ORJSONResponse(
                 {
@@ -392,10 +393,10 @@ def create_app(server: Server) -> FastAPI:
                     "features": [
                         {
                             "type": "Feature",
-                            "geometry": {"type": "Point", "coordinates": [r.lon, r.lat]},
-                            "properties": views.position(r),
+                            "geometry": {"type": "Point", "coordinates": [i["lon"], i["lat"]]},
+                            "properties": i,
                         }
-                        for r in rows
+                        for i in items
                     ],
                     "next_cursor": next_cursor,
                 }
@@ -405,7 +406,7 @@ def create_app(server: Server) -> FastAPI:
                 "vehicle_id": vehicle_id,
                 "from": views.iso(start),
                 "to": views.iso(end),
-                "items": [views.position(r) for r in rows],
+                "items": items,
                 "next_cursor": next_cursor,
             }
         )

@@ -14,8 +14,10 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 
+from tracker import views
 from tracker.store import (
     Store,
     StoredPosition,
@@ -258,6 +260,49 @@ async def test_track_window_order_limit_and_cursor(store: Store) -> None:
     assert await store.track(["u1"], start=start, end=end, limit=0) == []
     assert await store.track([], start=start, end=end, limit=10) == []
     assert await store.track(["nobody"], start=start, end=end, limit=10) == []
+
+
+async def test_track_rows_are_the_track_as_rest_sends_it(store: Store) -> None:
+    # views.track_items builds each item from a TrackRow; views.position from a
+    # StoredPosition. Every field, time format and attribute shape must agree.
+    times = [
+        T0,  # microseconds
+        T0.replace(microsecond=0) + 2 * SECOND,  # whole seconds: no fraction at all
+        T0.replace(microsecond=120_000) + 3 * SECOND,  # trailing zeros (PostgreSQL cuts them)
+        T0.replace(microsecond=999) + 4 * SECOND,  # below a millisecond: ".000"
+    ]
+    attributes: list[dict[str, Any]] = [
+        {},
+        {"ignition": True, "odometer_km": 12345.5, "alarm": None},
+        {"nested": {"a": [1, 2.25, "ü ✓"]}, "big": 2**53 + 1},
+        {"text": 'quote " and \\ backslash'},
+    ]
+    rows = [
+        fix("u1", t, server_time=t + timedelta(microseconds=1500 * i), attributes=a,
+            speed_kmh=12.3, course_deg=271.5, altitude_m=None if i else 1650.2,
+            accuracy_m=4.5 if i else None, satellites=i or None, valid=i != 2)
+        for i, (t, a) in enumerate(zip(times, attributes, strict=True))
+    ]  # fmt: skip
+    rows.append(fix("u2", times[1], vehicle_id="v2", protocol="jt808", lat=-90.0, lon=180.0))
+    await store.insert_positions(rows)
+    start, end = T0 - SECOND, T0 + 10 * SECOND
+    positions = await store.track(["u1", "u2"], start=start, end=end, limit=100)
+    assert len(positions) == 5
+    track_rows = await store.track_rows(["u1", "u2"], start=start, end=end, limit=100)
+    items = views.track_items(track_rows)
+    assert orjson.loads(orjson.dumps(items)) == [views.position(p) for p in positions]
+    assert [views.track_key(r) for r in track_rows] == [
+        (p.fix_time, p.unique_id) for p in positions
+    ]
+
+    pages: list[Any] = []  # paged by the key of each page's last row
+    after: tuple[datetime, str] | None = None
+    while page := await store.track_rows(["u1", "u2"], start=start, end=end, limit=2, after=after):
+        pages += page
+        after = views.track_key(page[-1])
+    assert [tuple(r) for r in pages] == [tuple(r) for r in track_rows]
+    assert await store.track_rows(["u1"], start=start, end=end, limit=0) == []
+    assert await store.track_rows([], start=start, end=end, limit=10) == []
 
 
 async def test_positions_across_months_and_years(store: Store) -> None:

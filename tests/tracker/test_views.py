@@ -1,4 +1,5 @@
-"""views.iso: the one timestamp format of every REST row and live message."""
+"""views.iso: the one timestamp format of every REST row and live message, and
+views.iso_text, the same format from a track row's UTC text."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tracker.views import iso
+from tracker.views import iso, iso_text
 
 
 def reference(moment: datetime) -> str:
@@ -32,3 +33,23 @@ def test_other_offsets_keep_their_offset() -> None:
     assert iso(datetime(2026, 11, 29, 23, 0, 5, 120_000, tzinfo=paris)) == (
         "2026-11-29T23:00:05.120+01:00"
     )
+
+
+def utc_texts(moment: datetime) -> list[str]:
+    """A UTC time as a ``TrackRow`` may hold it: as Python prints it (SQLite's
+    rows), and with the fraction's trailing zeros cut, as PostgreSQL prints it."""
+    python = str(moment.replace(tzinfo=None))
+    return [python, python.rstrip("0") if moment.microsecond else python]
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_iso_text_is_iso(moment: datetime) -> None:
+    for text in utc_texts(moment):
+        assert iso_text(text) == iso(moment), text
+
+
+def test_iso_text_examples() -> None:
+    assert iso_text("2026-11-29 23:00:05") == "2026-11-29T23:00:05Z"
+    assert iso_text("2026-11-29 23:00:05.12") == "2026-11-29T23:00:05.120Z"
+    assert iso_text("2026-11-29 23:00:05.000999") == "2026-11-29T23:00:05.000Z"
+    assert iso_text("2026-11-29 23:00:05.123456") == "2026-11-29T23:00:05.123Z"

@@ -89,6 +89,16 @@ class StoredPosition:
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
+TrackRow = Sequence[Any]
+"""A stored position as the REST track sends it: ``StoredPosition``'s fields in
+order, but ``fix_time`` and ``server_time`` as UTC text, ``YYYY-MM-DD
+HH:MM:SS[.ffffff]`` (a fraction may lose its trailing zeros, as PostgreSQL
+prints it), and ``attributes`` as JSON text. A day of fixes goes out as JSON
+without a datetime, a record and a dict built and read per row for it
+(``views.track_items``); the text keeps every microsecond, so the page's
+cursor is exact."""
+
+
 @dataclass(frozen=True, slots=True)
 class UnknownSighting:
     """An unregistered unit knocked: who, over which protocol, from where, when."""
@@ -336,6 +346,17 @@ class Store(Protocol):
     ) -> list[StoredPosition]:
         """Positions of these units with start <= fix_time < end, ordered by
         (fix_time, unique_id), strictly after the ``after`` cursor, at most ``limit``."""
+
+    async def track_rows(
+        self,
+        unique_ids: Sequence[str],
+        *,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> Sequence[TrackRow]:
+        """``track``'s positions as ``TrackRow``s: what the REST track sends."""
 
     # unknown units
     async def record_unknown(self, sightings: Sequence[UnknownSighting]) -> None: ...

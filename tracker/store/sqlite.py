@@ -28,6 +28,7 @@ import orjson
 from tracker.store.base import (
     LoanState,
     StoredPosition,
+    TrackRow,
     Unit,
     UnitConflict,
     UnknownSighting,
@@ -37,7 +38,7 @@ from tracker.store.base import (
     vehicle_units,
 )
 from tracker.store.sqlite_access import AccessDb, SqliteAccess
-from tracker.store.sqlite_codec import from_us, from_us_or_none, json_text, to_us
+from tracker.store.sqlite_codec import from_us, from_us_or_none, json_text, to_us, utc_text
 from tracker.store.sqlite_events import EventsDb, SqliteEvents
 
 P = ParamSpec("P")
@@ -186,7 +187,20 @@ class SqliteStore(SqliteEvents, SqliteAccess):
     ) -> list[StoredPosition]:
         if not unique_ids or limit <= 0:
             return []
-        return await self._run(self._db.track, unique_ids, start, end, limit, after)
+        return await self._run(self._db.track, unique_ids, start, end, limit, after, position)
+
+    async def track_rows(
+        self,
+        unique_ids: Sequence[str],
+        *,
+        start: datetime,
+        end: datetime,
+        limit: int,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[TrackRow]:
+        if not unique_ids or limit <= 0:
+            return []
+        return await self._run(self._db.track, unique_ids, start, end, limit, after, track_row)
 
     async def record_unknown(self, sightings: Sequence[UnknownSighting]) -> None:
         if sightings:
@@ -409,7 +423,8 @@ class SqliteDb(EventsDb, AccessDb):
         end: datetime,
         limit: int,
         after: tuple[datetime, str] | None,
-    ) -> list[StoredPosition]:
+        row: Callable[[tuple[Any, ...]], T],
+    ) -> list[T]:
         ids = orjson.dumps(list(unique_ids)).decode()
         if after is None:
             sql = TRACK.format(after="")
@@ -417,7 +432,7 @@ class SqliteDb(EventsDb, AccessDb):
         else:
             sql = TRACK.format(after="AND (fix_time, unique_id) > (?, ?)")
             args = (ids, to_us(start), to_us(end), to_us(after[0]), after[1], limit)
-        return [position(r) for r in self.conn.execute(sql, args)]
+        return [row(r) for r in self.conn.execute(sql, args)]
 
     def record_unknown(self, sightings: Sequence[UnknownSighting]) -> None:
         params = [
@@ -470,3 +485,9 @@ def position(row: tuple[Any, ...]) -> StoredPosition:
     (uid, vid, protocol, fix, server, lat, lon, valid, speed, course, alt, acc, sats, attrs) = row
     return StoredPosition(uid, vid, protocol, from_us(fix), from_us(server), lat, lon, bool(valid),
                           speed, course, alt, acc, sats, orjson.loads(attrs))  # fmt: skip
+
+
+def track_row(row: tuple[Any, ...]) -> TrackRow:
+    (uid, vid, protocol, fix, server, lat, lon, valid, speed, course, alt, acc, sats, attrs) = row
+    return (uid, vid, protocol, utc_text(fix), utc_text(server), lat, lon, bool(valid),
+            speed, course, alt, acc, sats, attrs)  # fmt: skip

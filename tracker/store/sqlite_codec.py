@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NAIVE_EPOCH = EPOCH.replace(tzinfo=None)
 MICROSECOND = timedelta(microseconds=1)
 
 
@@ -21,6 +22,11 @@ def to_us(moment: datetime) -> int:
 
 def from_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
+
+
+def utc_text(us: int) -> str:
+    """``YYYY-MM-DD HH:MM:SS[.ffffff]``, UTC, as a ``TrackRow`` holds a time."""
+    return str(NAIVE_EPOCH + timedelta(microseconds=us))
 
 
 def to_us_or_none(moment: datetime | None) -> int | None:
