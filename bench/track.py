@@ -1,6 +1,6 @@
 """Track benchmark: one vehicle's day of 10 s fixes out of many stored rows.
 
-    python -m bench.track [--rows 5000000] [--vehicles N] [--queries 100]
+    python -m bench.track [--rows 5000000] [--vehicles N] [--queries 200] [--rest-queries 200]
 
 Fills a throwaway PostGIS (or TRACKER_BENCH_DATABASE_URL) through the real
 migrations with generated fixes (``bench/track_data.py``: time-ordered as the
@@ -317,8 +317,10 @@ def run(argv: list[str]) -> list[Figure]:
         type=int,
         help="units reporting every 10 s (default: enough for three days each, at most 1,000)",
     )
-    parser.add_argument("--queries", type=int, default=100, help="(unit, day) reads via the store")
-    parser.add_argument("--rest-queries", type=int, default=50, help="... and via REST")
+    parser.add_argument("--queries", type=int, default=200, help="(unit, day) reads via the store")
+    parser.add_argument(
+        "--rest-queries", type=int, default=200, help="... and via REST (p99 of 200: not the max)"
+    )
     parser.add_argument("--no-naive", action="store_true", help="skip the baseline table")
     parser.add_argument("--seed", type=int, default=6)
     parser.add_argument(

@@ -19,7 +19,8 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
-from tracker.live import Hub, Sink
+from tracker import live
+from tracker.live import Hub, Sink, deflated_frames
 
 
 class Transport(asyncio.WriteTransport):
@@ -130,6 +131,28 @@ async def test_one_encoding_per_tick_shared_by_subscribers() -> None:
     assert writes[0] is writes[1] is writes[2]  # the same bytes object for every deflate client
     assert writes[3] != writes[0]  # plain frames for the one without deflate
     assert built == 1
+
+
+async def test_frames_shared_by_many_are_compressed_harder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(live, "THOROUGH_FROM", 3)
+    hub = Hub()
+    crowd = [connection(True) for _ in range(3)]  # all share one filter: thorough
+    alone = connection(True)  # its own filter: quick
+    for _, _, sink, _ in crowd:
+        hub.attach(hub.subscribe(None), sink)
+    hub.attach(hub.subscribe(frozenset({"car-1"})), alone[2])
+    hub.flush()  # caught up: live from now on
+    for n in range(200):
+        hub.publish("car-1", f"u{n % 7}", fix(n, f"u{n % 7}"))
+    hub.flush()
+    for (client, _, _, transport), level in [*((c, live.THOROUGH) for c in crowd), (alone, 1)]:
+        [data] = transport.writes
+        got = received(client, data)
+        assert [m["n"] for m in got] == list(range(200))
+        assert data == deflated_frames([orjson.dumps(m) for m in got], 12, level)
+    assert len(crowd[0][3].writes[0]) < 0.9 * len(alone[3].writes[0])
 
 
 async def test_subscriber_gets_only_its_vehicles_in_order() -> None:
