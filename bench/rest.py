@@ -56,8 +56,8 @@ import tracker.api
 from bench import fleet
 from bench.report import Figure, WrongAnswers, print_table
 from tracker import views
-from tracker.api import ORJSONResponse
 from tracker.api_location import LocationFastLane
+from tracker.api_types import ORJSONResponse
 from tracker.auth import Who, peer
 from tracker.server import Server
 from tracker.settings import Settings

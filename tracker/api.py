@@ -15,7 +15,6 @@ import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import orjson
 from fastapi import Depends, FastAPI, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -29,7 +28,14 @@ from tracker.api_access import access_routes
 from tracker.api_events import rule_routes
 from tracker.api_live import serve_live
 from tracker.api_location import LocationFastLane, location_routes
-from tracker.api_types import PATTERN_HINTS, TEXT_PATTERN, UniqueId, VehicleId, aware
+from tracker.api_types import (
+    PATTERN_HINTS,
+    TEXT_PATTERN,
+    ORJSONResponse,
+    UniqueId,
+    VehicleId,
+    aware,
+)
 from tracker.api_webhooks import webhook_routes
 from tracker.auth import Principal, Who, peer, writer
 from tracker.metrics import CONTENT_TYPE
@@ -62,11 +68,6 @@ RULE_MAXIMUM = 1_000_000  # counts: dwell_fixes, gathering_vehicles
 
 def rule_maximum(name: str) -> int:
     return next((top for end, top in RULE_MAXIMA.items() if name.endswith(end)), RULE_MAXIMUM)
-
-
-class ORJSONResponse(JSONResponse):
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
 
 
 class UnitIn(BaseModel):
