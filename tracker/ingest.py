@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 from protocols import Position
 from tracker import views
+from tracker.aio import cancel_all
 from tracker.cache import LatestState
 from tracker.filters import drop_reason, stored_row
 from tracker.live import Hub
@@ -246,9 +247,7 @@ class Pipeline:
             )
         # the writers forget their batches as they are cancelled
         writing = [group for groups, _ in self._writing for group in groups]
-        for task in self._writer_tasks:
-            task.cancel()
-        await asyncio.gather(*self._writer_tasks, return_exceptions=True)
+        await cancel_all(self._writer_tasks)
         self._writer_tasks = []
         self._abandon([*writing, *self._pending, *self._waiting])
         self._writing = [([], 0)] * self.writers
@@ -329,7 +328,8 @@ class Pipeline:
             if wait and self._pending_rows < self.max_rows:
                 # the writer was idle: give other units a moment to join this batch
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.max_delay_s)
+                    async with asyncio.timeout(self.max_delay_s):
+                        await self._full.wait()
             try:
                 await self._write_batch(writer)
             except Exception:  # our bug: the writer must outlive it, or every unit waits

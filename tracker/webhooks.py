@@ -40,6 +40,7 @@ import orjson
 
 import tracker
 from tracker import views
+from tracker.aio import cancel_all
 from tracker.store import Delivery, Event, Store, Webhook
 from tracker.store.base import DeliveryStatus
 
@@ -170,12 +171,7 @@ class WebhookSender:
 
     async def stop(self) -> None:
         """Cancel the loop and attempts in flight (those stay pending: resent later)."""
-        tasks = [*self._in_flight.values(), *([self._task] if self._task else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all([*self._in_flight.values(), *([self._task] if self._task else [])])
         self._task = None
         if self._client is not None:
             await self._client.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from protocols import Position
+from tracker.aio import cancel_all
 from tracker.cache import LatestState
 from tracker.ingest import Pipeline, StoreUnavailable
 from tracker.live import Hub
@@ -280,3 +282,17 @@ def test_attributes_become_plain_json_and_plain_ones_are_kept_as_they_are(
     row = pipeline.accept(Unit("u1", "v1"), "gt06", fix(0, attributes=attributes, raw={}))
     assert row is not None
     assert row.attributes == (attributes if stored is None else stored)
+
+
+async def test_writers_are_cancelled_even_if_one_swallows_it() -> None:
+    # Python 3.11's wait_for and timeout can take a cancellation for their own
+    # timeout and swallow it (gh-86296): stop() must not wait for such a writer forever.
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed, as that race does
+            await asyncio.sleep(10)
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_all([task]), 2)
+    assert task.cancelled()
