@@ -11,7 +11,6 @@ seconds so silence survives a restart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -19,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from tracker import views
+from tracker.aio import cancel_all
 from tracker.live import Hub
 from tracker.rules import RuleEngine
 from tracker.store import Event, Store, StoredPosition, Unit
@@ -73,11 +73,7 @@ class Events:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(self._tasks)
         self._tasks = []
         await self._flush()
 

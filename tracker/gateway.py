@@ -25,6 +25,7 @@ from typing import cast
 
 import protocols
 from protocols import Heartbeat, Message, Position, ProtocolError
+from tracker.aio import cancel_all
 from tracker.devices import Registry
 from tracker.ingest import Pipeline, StoreUnavailable
 from tracker.limits import Connections, Guard, Refusals, Refused
@@ -215,9 +216,7 @@ class Gateway:
             self._udp = None
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
-                task.cancel()
-            await asyncio.gather(*self._connections, return_exceptions=True)
+            await cancel_all(list(self._connections))
             await self._server.wait_closed()
             self._server = None
 
@@ -349,9 +348,7 @@ class UdpListener(asyncio.DatagramProtocol):
     async def stop(self) -> None:
         if self._transport is not None:
             self._transport.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_all(list(self._tasks))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (on Python 3.11 the selector transport does not subclass DatagramTransport)

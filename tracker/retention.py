@@ -10,13 +10,13 @@ last report at ``GET /api/v1/server``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from tracker.aio import cancel_all
 from tracker.devices import Registry
 from tracker.store import Store
 from tracker.views import iso
@@ -51,9 +51,7 @@ class Retention:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_all([self._task])
             self._task = None
 
     async def _loop(self) -> None:
