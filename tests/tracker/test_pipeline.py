@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from protocols import Position
 from tracker.aio import cancel_all
 from tracker.cache import LatestState
+from tracker.filters import stored_row
 from tracker.ingest import Pipeline, StoreUnavailable
 from tracker.live import Hub
 from tracker.store import Store, StoredPosition, Unit
@@ -296,3 +297,30 @@ async def test_writers_are_cancelled_even_if_one_swallows_it() -> None:
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_all([task]), 2)
     assert task.cancelled()
+
+
+def test_stored_row_takes_every_field_from_its_fix() -> None:
+    # stored_row passes StoredPosition's fields by position: each one distinct here
+    paris = timezone(timedelta(hours=1))
+    fix = Position(
+        "123", datetime(2026, 11, 29, 13, 0, 5, tzinfo=paris), -6.25, 106.75, False,
+        -3.0, 271.5, 812.5, 4.5, 7, {"ignition": True}, {"alarm": 2},
+    )  # fmt: skip
+    row = stored_row(UNIT, "gt06", fix, NOW)
+    assert row == StoredPosition(
+        unique_id="123",
+        vehicle_id="veh-1",
+        protocol="gt06",
+        fix_time=datetime(2026, 11, 29, 12, 0, 5, tzinfo=UTC),
+        server_time=NOW,
+        lat=-6.25,
+        lon=106.75,
+        valid=False,
+        speed_kmh=0.0,  # never negative
+        course_deg=271.5,
+        altitude_m=812.5,
+        accuracy_m=4.5,
+        satellites=7,
+        attributes={"ignition": True, "raw": {"alarm": 2}},
+    )
+    assert row.fix_time.tzinfo is UTC
