@@ -54,8 +54,7 @@ from bench.track_data import (
 )
 from tracker.server import GC_THRESHOLDS
 from tracker.settings import Settings
-from tracker.store import StoredPosition, TrackRow
-from tracker.store.postgis import TRACK_FIELDS, TRACK_ROW_FIELDS, PostgisStore
+from tracker.store.postgis import PostgisStore
 
 TARGET_P99_MS = 50.0
 ADMIN_KEY = "bench"
@@ -112,31 +111,7 @@ class Day:
 class NaiveTrackStore(PostgisStore):
     """The baseline: the same query on the unpartitioned copy with a unit-only index."""
 
-    async def track(
-        self,
-        unique_ids: Sequence[str],
-        *,
-        start: datetime,
-        end: datetime,
-        limit: int,
-        after: tuple[datetime, str] | None = None,
-    ) -> list[StoredPosition]:
-        rows = await self._naive(TRACK_FIELDS, unique_ids, start, end, limit, after)
-        attributes = orjson.loads("[" + ",".join([r[13] for r in rows]) + "]")  # as ours
-        return [StoredPosition(*[*r[:13], a]) for r, a in zip(rows, attributes, strict=True)]
-
-    async def track_rows(
-        self,
-        unique_ids: Sequence[str],
-        *,
-        start: datetime,
-        end: datetime,
-        limit: int,
-        after: tuple[datetime, str] | None = None,
-    ) -> Sequence[TrackRow]:
-        return await self._naive(TRACK_ROW_FIELDS, unique_ids, start, end, limit, after)
-
-    async def _naive(
+    async def _track(
         self,
         fields: str,
         unique_ids: Sequence[str],
@@ -145,6 +120,7 @@ class NaiveTrackStore(PostgisStore):
         limit: int,
         after: tuple[datetime, str] | None,
     ) -> list[Any]:
+        """Both ``track`` and ``track_rows`` read through this: decoded as ours."""
         if after is not None:  # a day is one page (MAX_PAGE): no cursor needed
             return []
         sql = NAIVE_TRACK.format(fields=fields)
