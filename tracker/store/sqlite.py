@@ -185,8 +185,6 @@ class SqliteStore(SqliteEvents, SqliteAccess):
         limit: int,
         after: tuple[datetime, str] | None = None,
     ) -> list[StoredPosition]:
-        if not unique_ids or limit <= 0:
-            return []
         return await self._run(self._db.track, unique_ids, start, end, limit, after, position)
 
     async def track_rows(
@@ -198,8 +196,6 @@ class SqliteStore(SqliteEvents, SqliteAccess):
         limit: int,
         after: tuple[datetime, str] | None = None,
     ) -> list[TrackRow]:
-        if not unique_ids or limit <= 0:
-            return []
         return await self._run(self._db.track, unique_ids, start, end, limit, after, track_row)
 
     async def record_unknown(self, sightings: Sequence[UnknownSighting]) -> None:
@@ -425,6 +421,8 @@ class SqliteDb(EventsDb, AccessDb):
         after: tuple[datetime, str] | None,
         row: Callable[[tuple[Any, ...]], T],
     ) -> list[T]:
+        if not unique_ids or limit <= 0:
+            return []
         ids = orjson.dumps(list(unique_ids)).decode()
         if after is None:
             sql = TRACK.format(after="")
