@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tracker import views
 from tracker.store import Store, StoredPosition
 
 T0 = datetime(2026, 10, 31, 23, 59, 50, tzinfo=UTC)  # the reads cross into November
@@ -53,3 +54,37 @@ async def test_large_and_small_attributes_come_back_in_order(store: Store) -> No
         after = (page[-1].fix_time, page[-1].unique_id)
     assert pages == everything
     assert await store.track(["u1"], start=start, end=end, limit=2) == rows[:4:2]
+
+
+async def test_one_units_rows_merge_in_time_order_to_the_microsecond(store: Store) -> None:
+    # On PostGIS the small and large rows are two reads, merged by fix time: for
+    # track_rows by PostgreSQL's UTC text of it, which drops trailing zeros. Here
+    # the two kinds alternate within each second, at fractions whose text sorts
+    # wrongly if read as numbers of digits (.5 after .25, a whole second first).
+    fractions = [0, 250_000, 500_000, 5, 999_999, 120_000]
+    rows = [
+        StoredPosition(
+            unique_id="u1",
+            vehicle_id="v1",
+            protocol="teltonika",
+            fix_time=T0 + second * SECOND + timedelta(microseconds=fraction),
+            server_time=T0,
+            lat=-1.25,
+            lon=36.75,
+            attributes=LARGE if (second + i) % 2 else {"n": i},
+        )
+        for second in range(3)
+        for i, fraction in enumerate(fractions)
+    ]
+    await store.insert_positions(rows)
+    start, end = T0, T0 + 10 * SECOND
+    expected = sorted(rows, key=lambda r: r.fix_time)
+    assert await store.track(["u1"], start=start, end=end, limit=100) == expected
+    track_rows = await store.track_rows(["u1"], start=start, end=end, limit=100)
+    assert [views.track_key(r) for r in track_rows] == [(r.fix_time, "u1") for r in expected]
+    pages: list[Any] = []
+    after: tuple[datetime, str] | None = None
+    while page := await store.track_rows(["u1"], start=start, end=end, limit=4, after=after):
+        pages += page
+        after = views.track_key(page[-1])
+    assert [tuple(r) for r in pages] == [tuple(r) for r in track_rows]

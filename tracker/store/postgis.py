@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,23 +85,23 @@ FROM positions_staging
 ON CONFLICT DO NOTHING
 """
 
-# One branch per index of migration 0006, whose WHERE clauses they repeat word
+# One statement per index of migration 0006, whose WHERE clauses they repeat word
 # for word (the planner matches them): positions with small attributes, nearly
 # all, come from an index-only scan of the covering index, a few hundred pages
 # for a unit's day instead of one heap page per fix; the rest from the heap.
-# attributes comes as text, parsed by one orjson.loads for the whole page.
-TRACK_BRANCH = """
-SELECT * FROM positions p
-WHERE p.unique_id = ANY($1::text[]) AND p.fix_time >= $2 AND p.fix_time < $3
-  AND octet_length(p.attributes::text) {size} {{after}}
-"""
-TRACK_FIELDS = POSITION_FIELDS.replace("p.attributes", "p.attributes::text")
-TRACK = f"""
-SELECT {{fields}}
-FROM ({TRACK_BRANCH.format(size="<= 1000")} UNION ALL {TRACK_BRANCH.format(size="> 1000")}) p
+# Two statements merged by ``_track``, not one UNION ALL: for one unit
+# (``= $1``) each is read in fix_time order straight from its index, the months
+# in order, with no sort of the wide rows. A day of 8,640: 7 ms of execution
+# against 14 for the UNION ALL, its sort and its subquery scans.
+TRACK = """
+SELECT {fields} FROM positions p
+WHERE p.unique_id {units} AND p.fix_time >= $2 AND p.fix_time < $3
+  AND octet_length(p.attributes::text) {size} {after}
 ORDER BY p.fix_time, p.unique_id
 LIMIT $4
 """
+TRACK_FIELDS = POSITION_FIELDS.replace("p.attributes", "p.attributes::text")
+TRACK_AFTER = "AND (p.fix_time, p.unique_id) > ($5, $6)"
 # TrackRow: the times as text, which PostgreSQL prints faster than asyncpg
 # makes datetimes of them (a day's 17,280 cost 8 ms as datetimes)
 TRACK_ROW_FIELDS = TRACK_FIELDS.replace(
@@ -401,13 +402,25 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
         limit: int,
         after: tuple[datetime, str] | None,
     ) -> list[Any]:  # asyncpg Records: indexed like tuples
-        args: list[Any] = [list(unique_ids), start, end, max(limit, 0)]
-        if after is None:
-            sql = TRACK.format(fields=fields, after="")
-        else:
-            sql = TRACK.format(fields=fields, after="AND (p.fix_time, p.unique_id) > ($5, $6)")
+        one = len(unique_ids) == 1
+        args: list[Any] = [unique_ids[0] if one else list(unique_ids), start, end, max(limit, 0)]
+        small_sql, large_sql = (
+            TRACK.format(
+                fields=fields,
+                units="= $1" if one else "= ANY($1::text[])",
+                size=size,
+                after="" if after is None else TRACK_AFTER,
+            )
+            for size in ("<= 1000", "> 1000")
+        )
+        if after is not None:
             args += after
-        return await self._pool.fetch(sql, *args)
+        async with self._pool.acquire() as conn:
+            small = await conn.fetch(small_sql, *args)
+            large = await conn.fetch(large_sql, *args)
+        if not large:  # nearly always
+            return small
+        return list(heapq.merge(small, large, key=_track_order))[:limit]
 
     # unknown units
 
@@ -511,6 +524,12 @@ def _month_end(month: tuple[int, int]) -> datetime:
     """Where the partition of (year, month) ends: the first of the next month, UTC."""
     year, number = month
     return datetime(year + number // 12, number % 12 + 1, 1, tzinfo=UTC)
+
+
+def _track_order(row: Any) -> tuple[Any, str]:
+    """(fix_time, unique_id): datetimes, or PostgreSQL's UTC text of them, which
+    sorts the same (fixed width to the second, then the fraction's digits)."""
+    return row[3], row[0]
 
 
 def _row_count(status: str) -> int:
