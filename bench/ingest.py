@@ -87,7 +87,9 @@ class NaiveStore(PostgisStore):
         return inserted
 
 
-def _serve(database_url: str, naive: bool, writers: int, ports: Any, stop: Any) -> None:
+def _serve(
+    database_url: str, naive: bool, writers: int, delay_ms: float, ports: Any, stop: Any
+) -> None:
     """Child process: the real server, optionally on the naive store (one writer)."""
     from tracker.server import Server
 
@@ -100,7 +102,7 @@ def _serve(database_url: str, naive: bool, writers: int, ports: Any, stop: Any) 
             protocols=tuple(ProtocolSettings(name, 0, host="127.0.0.1") for name in PROTOCOLS),
             gateway=GatewaySettings(max_connections_per_ip=1000),
             batch_max_rows=1 if naive else 5000,
-            batch_max_delay_ms=0 if naive else 5,
+            batch_max_delay_ms=0 if naive else delay_ms,
             batch_writers=1 if naive else writers,
         )
         server = Server(settings, store=NaiveStore(database_url) if naive else None)
@@ -321,7 +323,7 @@ def run_one(
     ctx = multiprocessing.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()
     children = [
-        ctx.Process(target=_serve, args=(url, naive, args.writers, ports, stop))
+        ctx.Process(target=_serve, args=(url, naive, args.writers, args.delay_ms, ports, stop))
         for _ in range(1 if naive else args.servers)
     ]
     for child in children:
@@ -349,6 +351,12 @@ def run(argv: list[str]) -> list[Figure]:
     parser.add_argument("--fences", type=int, default=10_000)
     parser.add_argument(
         "--writers", type=int, default=Settings().batch_writers, help="store.batch_writers"
+    )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=Settings().batch_max_delay_ms,
+        help="store.batch_max_delay_ms",
     )
     parser.add_argument(
         "--servers",
