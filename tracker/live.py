@@ -422,7 +422,11 @@ class Hub:
     @staticmethod
     def _frames(messages: list[Message], deflate_bits: int | None, level: int = QUICK) -> bytes:
         if deflate_bits is None:
-            return b"".join(message.frame for message in messages)
+            parts: list[bytes] = []
+            for message in messages:
+                payload = message.payload
+                parts += (frame_header(TEXT, len(payload)), payload)
+            return b"".join(parts)
         payloads = (message.payload for message in messages)
         return deflated_frames(payloads, deflate_bits, level)
 
