@@ -1,6 +1,7 @@
 """Track benchmark: one vehicle's day of 10 s fixes out of many stored rows.
 
     python -m bench.track [--rows 5000000] [--vehicles N] [--queries 200] [--rest-queries 200]
+                          [--index-as-loaded] [--cold]
 
 Fills a throwaway PostGIS (or TRACKER_BENCH_DATABASE_URL) through the real
 migrations with generated fixes (``bench/track_data.py``: time-ordered as the
@@ -9,7 +10,10 @@ fixes) and reports the load rate. Then one day (8,640 fixes) of random units,
 each (unit, day) read once, is timed through ``PostgisStore.track`` and
 through the REST route (a server in a child process; the client follows
 ``next_cursor`` to the end of the day). ``--reuse`` skips the load and reads
-what the database holds (the same --rows and --vehicles).
+what the database holds (the same --rows and --vehicles). The indexes are
+built after the load, so a unit's day lies on consecutive index pages;
+``--index-as-loaded`` fills them as the rows go in, as a server does, and
+``--cold`` restarts PostgreSQL and drops the OS page cache before each phase.
 
 Naive baseline, same data, same run: an unpartitioned copy of the table with a
 single-column index on the unit (how a positions table starts out before
@@ -34,7 +38,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import asyncpg
@@ -55,6 +59,9 @@ from bench.track_data import (
 from tracker.server import GC_THRESHOLDS
 from tracker.settings import Settings
 from tracker.store.postgis import PostgisStore
+
+if TYPE_CHECKING:
+    from tests.pgserver import PgServer
 
 TARGET_P99_MS = 50.0
 ADMIN_KEY = "bench"
@@ -294,6 +301,18 @@ def rest_reads(url: str, days: list[Day], naive: bool) -> tuple[list[float], ...
             child.join(30)
 
 
+def cold(pg: PgServer) -> None:
+    """Nothing of the table in PostgreSQL's buffers or the OS page cache."""
+    pg.stop_server()
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--cold: cannot drop the OS page cache ({exc}); run as root") from None
+    finally:
+        pg.start_again()
+
+
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile; NaN for no values."""
     if not values:
@@ -332,6 +351,17 @@ def run(argv: list[str]) -> list[Figure]:
     parser.add_argument(
         "--reuse", action="store_true", help="keep the rows already in the database"
     )
+    parser.add_argument(
+        "--index-as-loaded",
+        action="store_true",
+        help="fill the indexes as the rows go in, as a server does, not after the load",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="restart PostgreSQL and drop the OS page cache (root) before the store and"
+        " the REST reads",
+    )
     args = parser.parse_args(argv)
     vehicles = args.vehicles or max(1, min(1000, args.rows // (3 * DAY_FIXES)))
     layout = Layout(args.rows, vehicles)
@@ -340,17 +370,27 @@ def run(argv: list[str]) -> list[Figure]:
     from tests.pgserver import PgServer
 
     url = os.environ.get("TRACKER_BENCH_DATABASE_URL")
+    if url and args.cold:
+        parser.error("--cold restarts its own PostgreSQL: unset TRACKER_BENCH_DATABASE_URL")
     pg = None if url else PgServer(settings=PG_SETTINGS)
     try:
         if pg is not None:
             pg.start()
             url = pg.create_database("bench_track")
         assert url is not None
-        times = {} if args.reuse else asyncio.run(load(url, layout, naive))
+        times = (
+            {}
+            if args.reuse
+            else asyncio.run(load(url, layout, naive, index_as_loaded=args.index_as_loaded))
+        )
         stored, size = asyncio.run(database_size(url))
         rng = random.Random(args.seed)
         days = sample(layout, 3 + args.queries + 3 + args.rest_queries, rng)
+        if pg is not None and args.cold:
+            cold(pg)
         store_ms = asyncio.run(store_reads(url, days[: 3 + args.queries], naive))
+        if pg is not None and args.cold:
+            cold(pg)
         rest_ms = rest_reads(url, days[3 + args.queries :], naive)
     finally:
         if pg is not None:
@@ -363,7 +403,14 @@ def run(argv: list[str]) -> list[Figure]:
         f" {layout.vehicles:,} units x {layout.ticks * FIX_EVERY_S / 86_400:.1f} days of 10 s"
         f" fixes, {len(layout.months())} monthly partitions, database {size / 2**30:.1f} GiB;"
         f" {args.queries} store and {args.rest_queries} REST reads of random (unit, day);"
-        f" naive: unpartitioned, index on the unit alone; {os.cpu_count()} cores shared"
+        f" naive: unpartitioned, index on the unit alone; {os.cpu_count()} cores shared;"
+        + (" indexes filled as the rows went in" if args.index_as_loaded else " indexes built last")
+        + (
+            "; cold: PostgreSQL restarted and the OS page cache dropped before the store and"
+            " the REST reads"
+            if args.cold
+            else ""
+        )
     )
     if times:
         print(

@@ -96,8 +96,14 @@ if TYPE_CHECKING:
     Conn = asyncpg.Connection[Any]
 
 
-async def load(url: str, layout: Layout, naive: bool) -> dict[str, float]:
-    """Fill positions (and the naive copy); return the seconds each phase took."""
+async def load(
+    url: str, layout: Layout, naive: bool, *, index_as_loaded: bool = False
+) -> dict[str, float]:
+    """Fill positions (and the naive copy); return the seconds each phase took.
+
+    ``index_as_loaded``: keep the indexes while the rows go in, 10 ticks per
+    statement, as a server fills them (a unit's day then lies on half-full
+    pages scattered through each index), instead of building them after."""
     store = PostgisStore(url)
     await store.open()  # the real migrations
     await store.close()
@@ -119,13 +125,16 @@ async def load(url: str, layout: Layout, naive: bool) -> dict[str, float]:
             await c.execute(f"ALTER TABLE {name} SET (autovacuum_enabled = off)")
         # Whatever indexes the migrations gave positions (their names all start
         # "positions_") are built after the load, far faster than row by row.
-        constraints, indexes = await _index_definitions(c)
+        constraints: list[tuple[str, str]] = []
+        indexes: list[tuple[str, str]] = []
+        if not index_as_loaded:
+            constraints, indexes = await _index_definitions(c)
         for name, _ in constraints:
             await c.execute(f"ALTER TABLE positions DROP CONSTRAINT {name}")
         for name, _ in indexes:
             await c.execute(f"DROP INDEX {name}")
         started = time.perf_counter()
-        await _generate(conns, "positions", layout)
+        await _generate(conns, "positions", layout, ticks=10 if index_as_loaded else None)
         times["insert"] = time.perf_counter() - started
 
         started = time.perf_counter()
@@ -183,11 +192,14 @@ async def _index_definitions(conn: Conn) -> tuple[list[tuple[str, str]], list[tu
     return [(r[0], r[1]) for r in constraints], [(r[0], r[1]) for r in indexes]
 
 
-async def _generate(conns: list[Conn], table: str, layout: Layout) -> None:
-    """All rows into ``table``, a million (whole ticks) per statement and transaction."""
+async def _generate(
+    conns: list[Conn], table: str, layout: Layout, ticks: int | None = None
+) -> None:
+    """All rows into ``table``, ``ticks`` whole ticks per statement and transaction
+    (default: about a million rows)."""
     sql = GENERATE.format(table=table, first=FIRST_IMEI, every=FIX_EVERY_S)
     total = layout.ticks * layout.vehicles
-    step = max(1, 1_000_000 // layout.vehicles) * layout.vehicles
+    step = (ticks or max(1, 1_000_000 // layout.vehicles)) * layout.vehicles
     chunks = [(lo, min(lo + step, total) - 1) for lo in range(0, total, step)]
 
     async def worker(conn: Conn) -> None:

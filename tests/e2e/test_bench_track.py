@@ -22,3 +22,19 @@ def test_track_benchmark_reads_whole_days_through_store_and_rest(postgis_url: st
     assert "track one day (8,640 fixes), Store.track, p99" in out
     assert "track one day (8,640 fixes), REST, p99" in out
     assert "ERROR" not in out
+
+
+def test_track_benchmark_with_indexes_filled_as_rows_arrive(postgis_url: str) -> None:
+    out = bench(
+        "bench.track",
+        "--rows", "41000",
+        "--vehicles", "2",
+        "--queries", "2",
+        "--rest-queries", "2",
+        "--no-naive",
+        "--index-as-loaded",
+        env={"TRACKER_BENCH_DATABASE_URL": postgis_url},
+    )  # fmt: skip
+    assert "indexes filled as the rows went in" in out
+    assert "track one day (8,640 fixes), REST, p99" in out
+    assert "ERROR" not in out
