@@ -122,6 +122,7 @@ def _serve(url: str, naive: bool, ready: Any, stop: Any) -> None:
             admin_key="bench-admin",
             data_dir=Path(data_dir),
             protocols=(),
+            retention_reindex_closed_months=False,  # no rebuild under the load
         )
         server = Server(settings)
         started = time.perf_counter()

@@ -201,6 +201,7 @@ def _serve(url: str, naive: bool, ports: Any, stop: Any) -> None:
             data_dir=Path(tempfile.gettempdir()) / "tracker-bench-track",
             protocols=(),
             retention_positions_days=36_500.0,  # the data is weeks old: keep it
+            retention_reindex_closed_months=False,  # no rebuild under the reads
         )
         server = Server(settings, store=NaiveTrackStore(url) if naive else None)
         await server.start()

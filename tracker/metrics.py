@@ -108,6 +108,9 @@ COUNTERS: dict[str, Family] = {
     "retention.closed_loan_positions_purged": Family(
         "tracker_retention_closed_loan_positions_purged", (), "positions of closed loans purged"
     ),
+    "retention.partitions_reindexed": Family(
+        "tracker_retention_partitions_reindexed", (), "closed months whose indexes were rebuilt"
+    ),
 }
 # totals kept beside a labelled family: not exported, Prometheus sums the family
 SUMS = frozenset({"events"})

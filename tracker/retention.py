@@ -4,7 +4,10 @@ Every hour (and on demand), positions older than ``retention.positions_days``
 are deleted (on PostGIS by dropping whole monthly partitions), and the tracks
 of vehicles whose loan has been ``closed`` for ``retention.closed_purge_days``
 are purged. Each run reports what it removed: a log line, counters, and the
-last report at ``GET /api/v1/server``.
+last report at ``GET /api/v1/server``. After each hourly run (not the on-demand
+ones: it may take minutes) the indexes of one monthly partition whose month is
+over are rebuilt, when ``retention.reindex_closed_months`` is on (migration
+0007 says why).
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ class Retention:
         positions_days: float,
         closed_purge_days: float,
         clock: Callable[[], datetime],
+        reindex_closed_months: bool = True,
     ) -> None:
         self._store = store
         self._registry = registry
         self._stats = stats
         self.positions_days = positions_days
         self.closed_purge_days = closed_purge_days
+        self.reindex_closed_months = reindex_closed_months
         self._clock = clock
         self.last_report: dict[str, Any] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -60,7 +65,20 @@ class Retention:
                 await self.run()
             except Exception:
                 log.exception("retention run failed; next try in an hour")
+            if self.reindex_closed_months:
+                try:
+                    await self.reindex()
+                except Exception:
+                    log.exception("rebuilding a closed month's indexes failed; next try in an hour")
             await asyncio.sleep(EVERY_S)
+
+    async def reindex(self) -> str | None:
+        """Rebuild the indexes of one closed month's partition, if one is due."""
+        name = await self._store.reindex_closed_month(self._clock())
+        if name is not None:
+            self._stats["retention.partitions_reindexed"] += 1
+            log.info("retention: rebuilt the indexes of %s, its month being over", name)
+        return name
 
     async def run(self) -> dict[str, Any]:
         now = self._clock()

@@ -168,6 +168,7 @@ class Server:
             positions_days=settings.retention_positions_days,
             closed_purge_days=settings.retention_closed_purge_days,
             clock=clock,
+            reindex_closed_months=settings.retention_reindex_closed_months,
         )
         self.connections = Connections(settings.gateway)  # caps shared by every listener
         self.gateways = [

@@ -91,6 +91,7 @@ class Settings:
     position_loan_states: frozenset[str] = frozenset({"delinquent", "recovery"})
     retention_positions_days: float = 180.0
     retention_closed_purge_days: float = 30.0
+    retention_reindex_closed_months: bool = True  # PostGIS: once a month is over
     metrics_token: str | None = None  # GET /metrics wants "Authorization: Bearer <it>" when set
     log_format: str = "text"  # or "json": one object per line
     log_level: str = "INFO"
@@ -237,6 +238,7 @@ _KEYS: dict[str, Callable[[Any], Any]] = {
     "access.position_loan_states": _loan_states,
     "retention.positions_days": _float,
     "retention.closed_purge_days": _float,
+    "retention.reindex_closed_months": _bool,
     "gateway.max_connections": _positive_int,
     "gateway.max_connections_per_ip": _positive_int,
     "gateway.max_bytes_before_login": _positive_int,
@@ -375,6 +377,9 @@ def _build(values: dict[str, Any]) -> Settings:
         ),
         retention_closed_purge_days=values.get(
             "retention.closed_purge_days", defaults.retention_closed_purge_days
+        ),
+        retention_reindex_closed_months=values.get(
+            "retention.reindex_closed_months", defaults.retention_reindex_closed_months
         ),
         metrics_token=values.get("metrics.token"),
         log_format=values.get("log.format", defaults.log_format),

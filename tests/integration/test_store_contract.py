@@ -478,6 +478,7 @@ async def test_postgis_geometry_and_partitions(postgis_url: str) -> None:
             "0003_vehicle_rules.sql",
             "0004_access.sql",
             "0006_track_index.sql",
+            "0007_reindexed_partitions.sql",
         ]
     finally:
         await conn.close()

@@ -516,3 +516,8 @@ class Store(Protocol):
 
     async def purge_vehicle_positions(self, vehicle_id: str) -> int:
         """Delete every stored position of the vehicle; return how many."""
+
+    async def reindex_closed_month(self, now: datetime) -> str | None:
+        """PostGIS: rebuild the indexes of one monthly partition whose month is
+        over, so a unit's day lies on consecutive index pages; return its name,
+        or None when none is due. SQLite: None."""

@@ -40,6 +40,7 @@ from tracker.store.base import (
 )
 from tracker.store.postgis_access import PostgisAccess
 from tracker.store.postgis_events import PostgisEvents
+from tracker.store.postgis_maintenance import reindex_closed_month
 from tracker.store.postgis_startup import POSITION_FIELDS as POSITION_FIELDS  # re-exported
 from tracker.store.postgis_startup import (
     VEHICLE_FIELDS,
@@ -470,6 +471,9 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
             # is safe to run again if the other fails.
             status = await conn.execute("DELETE FROM positions WHERE fix_time < $1", cutoff)
         return dropped + _row_count(status)
+
+    async def reindex_closed_month(self, now: datetime) -> str | None:
+        return await reindex_closed_month(self._pool, now)
 
     async def purge_vehicle_positions(self, vehicle_id: str) -> int:
         # No index on positions.vehicle_id (ingest pays for every index, and only

@@ -211,6 +211,9 @@ class SqliteStore(SqliteEvents, SqliteAccess):
     async def purge_vehicle_positions(self, vehicle_id: str) -> int:
         return await self._run(self._db.delete_positions, "vehicle_id = ?", vehicle_id)
 
+    async def reindex_closed_month(self, now: datetime) -> str | None:
+        return None  # one table, no monthly partitions
+
 
 class SqliteDb(EventsDb, AccessDb):
     """The blocking adapter: one connection, used from one thread only."""

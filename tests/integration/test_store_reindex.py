@@ -1,0 +1,131 @@
+"""Rebuilding a closed month's indexes (migration 0007): PostGIS rebuilds one
+partition per call, the oldest due first, each once, and only a day after its
+month ends; reads go on as before. SQLite has no partitions to rebuild. The
+retention loop does it (``retention.reindex_closed_months``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tracker.devices import Registry
+from tracker.retention import Retention
+from tracker.settings import load
+from tracker.store import StoredPosition, open_store
+from tracker.store.postgis import PostgisStore
+
+
+def fix(when: datetime) -> StoredPosition:
+    return StoredPosition(
+        unique_id="u1",
+        vehicle_id="v1",
+        protocol="gt06",
+        fix_time=when,
+        server_time=when,
+        lat=-6.2,
+        lon=106.8,
+    )
+
+
+ROWS = [fix(datetime(2026, month, day, 12, tzinfo=UTC)) for month in (9, 10, 11) for day in (1, 30)]
+
+
+@pytest.fixture
+async def store(postgis_url: str) -> AsyncIterator[PostgisStore]:
+    opened = PostgisStore(postgis_url)
+    await opened.open()
+    await opened.insert_positions(ROWS)
+    yield opened
+    await opened.close()
+
+
+@pytest.mark.postgis
+async def test_closed_months_are_rebuilt_once_each_oldest_first(
+    store: PostgisStore, postgis_url: str
+) -> None:
+    conn = await asyncpg.connect(postgis_url)
+    files = (  # each index of a partition gets a new file when it is rebuilt
+        "SELECT array_agg(c.relfilenode ORDER BY c.relname) FROM pg_index i"
+        " JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = $1::regclass"
+    )
+    september = await conn.fetchval(files, "positions_y2026m09")
+    october = await conn.fetchval(files, "positions_y2026m10")
+    mid_november = datetime(2026, 11, 15, tzinfo=UTC)
+    assert await store.reindex_closed_month(mid_november) == "positions_y2026m09"
+    rebuilt = await conn.fetchval(files, "positions_y2026m09")
+    assert len(rebuilt) == len(september) == 4  # primary key, geometry, both track indexes
+    assert not set(rebuilt) & set(september)
+    assert await conn.fetchval(files, "positions_y2026m10") == october
+    await conn.close()
+    assert await store.reindex_closed_month(mid_november) == "positions_y2026m10"
+    assert await store.reindex_closed_month(mid_november) is None  # November is not over
+    # November ends on December 1st: a day's grace for fixes units still buffer
+    assert await store.reindex_closed_month(datetime(2026, 12, 1, 23, tzinfo=UTC)) is None
+    december_2nd = datetime(2026, 12, 2, 1, tzinfo=UTC)
+    assert await store.reindex_closed_month(december_2nd) == "positions_y2026m11"
+    assert await store.reindex_closed_month(december_2nd) is None
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    track = await store.track(["u1"], start=start, end=start + timedelta(days=91), limit=100)
+    assert track == ROWS
+
+
+@pytest.mark.postgis
+async def test_an_interrupted_rebuilds_invalid_index_is_dropped_first(
+    store: PostgisStore, postgis_url: str
+) -> None:
+    # REINDEX CONCURRENTLY cut short leaves an invalid "<index>_ccnew" that every
+    # insert into the partition still pays for. A failed CREATE INDEX
+    # CONCURRENTLY leaves one behind just the same.
+    conn = await asyncpg.connect(postgis_url)
+    try:
+        with pytest.raises(asyncpg.UniqueViolationError):
+            await conn.execute(
+                "CREATE UNIQUE INDEX CONCURRENTLY positions_y2026m09_track_idx_ccnew"
+                " ON positions_y2026m09 (vehicle_id)"
+            )
+        invalid = "SELECT count(*) FROM pg_index WHERE NOT indisvalid"
+        assert await conn.fetchval(invalid) == 1
+        assert await store.reindex_closed_month(datetime(2026, 10, 15, tzinfo=UTC)) == (
+            "positions_y2026m09"
+        )
+        assert await conn.fetchval(invalid) == 0
+    finally:
+        await conn.close()
+
+
+async def test_sqlite_has_nothing_to_rebuild(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/tracker.db")
+    await store.open()
+    try:
+        await store.insert_positions(ROWS)
+        assert await store.reindex_closed_month(datetime(2027, 1, 1, tzinfo=UTC)) is None
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgis
+async def test_retention_rebuilds_a_closed_month_and_counts_it(store: PostgisStore) -> None:
+    stats: Counter[str] = Counter()
+    retention = Retention(
+        store,
+        Registry(store),
+        stats,
+        positions_days=365.0,
+        closed_purge_days=30.0,
+        clock=lambda: datetime(2026, 10, 15, tzinfo=UTC),
+    )
+    assert await retention.reindex() == "positions_y2026m09"
+    assert await retention.reindex() is None
+    assert stats["retention.partitions_reindexed"] == 1
+
+
+def test_the_setting_reads_from_toml(tmp_path: Path) -> None:
+    assert load(None, environ={}).retention_reindex_closed_months is True
+    config = tmp_path / "tracker.toml"
+    config.write_text("[retention]\nreindex_closed_months = false\n")
+    assert load(config, environ={}).retention_reindex_closed_months is False
