@@ -1,7 +1,7 @@
 """Track benchmark: one vehicle's day of 10 s fixes out of many stored rows.
 
     python -m bench.track [--rows 5000000] [--vehicles N] [--queries 200] [--rest-queries 200]
-                          [--index-as-loaded] [--cold]
+                          [--index-as-loaded [--reindex]] [--cold]
 
 Fills a throwaway PostGIS (or TRACKER_BENCH_DATABASE_URL) through the real
 migrations with generated fixes (``bench/track_data.py``: time-ordered as the
@@ -12,8 +12,10 @@ through the REST route (a server in a child process; the client follows
 ``next_cursor`` to the end of the day). ``--reuse`` skips the load and reads
 what the database holds (the same --rows and --vehicles). The indexes are
 built after the load, so a unit's day lies on consecutive index pages;
-``--index-as-loaded`` fills them as the rows go in, as a server does, and
-``--cold`` restarts PostgreSQL and drops the OS page cache before each phase.
+``--index-as-loaded`` fills them as the rows go in, as a server does,
+``--reindex`` then rebuilds each month's as the retention loop does once the
+month is over, and ``--cold`` restarts PostgreSQL and drops the OS page cache
+before each phase.
 
 Naive baseline, same data, same run: an unpartitioned copy of the table with a
 single-column index on the unit (how a positions table starts out before
@@ -36,7 +38,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -302,6 +304,19 @@ def rest_reads(url: str, days: list[Day], naive: bool) -> tuple[list[float], ...
             child.join(30)
 
 
+async def reindex_every_month(url: str) -> list[str]:
+    """Every partition through the retention loop's own rebuild, as if all were over."""
+    store = PostgisStore(url)
+    await store.open()
+    try:
+        rebuilt = []
+        while name := await store.reindex_closed_month(datetime(9999, 1, 1, tzinfo=UTC)):
+            rebuilt.append(name)
+        return rebuilt
+    finally:
+        await store.close()
+
+
 def cold(pg: PgServer) -> None:
     """Nothing of the table in PostgreSQL's buffers or the OS page cache."""
     pg.stop_server()
@@ -358,6 +373,11 @@ def run(argv: list[str]) -> list[Figure]:
         help="fill the indexes as the rows go in, as a server does, not after the load",
     )
     parser.add_argument(
+        "--reindex",
+        action="store_true",
+        help="then rebuild every month's indexes as the retention loop does once a month is over",
+    )
+    parser.add_argument(
         "--cold",
         action="store_true",
         help="restart PostgreSQL and drop the OS page cache (root) before the store and"
@@ -384,6 +404,10 @@ def run(argv: list[str]) -> list[Figure]:
             if args.reuse
             else asyncio.run(load(url, layout, naive, index_as_loaded=args.index_as_loaded))
         )
+        if args.reindex:
+            started = time.perf_counter()
+            rebuilt = ", ".join(asyncio.run(reindex_every_month(url)))
+            print(f"rebuilt the indexes of {rebuilt} in {time.perf_counter() - started:.0f} s")
         stored, size = asyncio.run(database_size(url))
         rng = random.Random(args.seed)
         days = sample(layout, 3 + args.queries + 3 + args.rest_queries, rng)

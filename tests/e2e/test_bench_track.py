@@ -24,7 +24,7 @@ def test_track_benchmark_reads_whole_days_through_store_and_rest(postgis_url: st
     assert "ERROR" not in out
 
 
-def test_track_benchmark_with_indexes_filled_as_rows_arrive(postgis_url: str) -> None:
+def test_track_benchmark_with_indexes_filled_as_rows_arrive_then_rebuilt(postgis_url: str) -> None:
     out = bench(
         "bench.track",
         "--rows", "41000",
@@ -33,8 +33,10 @@ def test_track_benchmark_with_indexes_filled_as_rows_arrive(postgis_url: str) ->
         "--rest-queries", "2",
         "--no-naive",
         "--index-as-loaded",
+        "--reindex",
         env={"TRACKER_BENCH_DATABASE_URL": postgis_url},
     )  # fmt: skip
     assert "indexes filled as the rows went in" in out
+    assert "rebuilt the indexes of positions_y2026m10, positions_y2026m11 in" in out
     assert "track one day (8,640 fixes), REST, p99" in out
     assert "ERROR" not in out
