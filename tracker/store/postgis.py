@@ -10,7 +10,8 @@ keys, assignees, share links and the audit log in ``postgis_access``.
 
 Retention drops whole monthly partitions: this process forgets them at once,
 another one finds out when an insert into such a month finds no partition, and
-creates it again.
+creates it again. It also rebuilds a closed month's indexes once
+(``postgis_maintenance``).
 """
 
 from __future__ import annotations
