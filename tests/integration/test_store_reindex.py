@@ -1,7 +1,8 @@
 """Rebuilding a closed month's indexes (migration 0007): PostGIS rebuilds one
 partition per call, the oldest due first, each once, and only a day after its
 month ends; reads go on as before. SQLite has no partitions to rebuild. The
-retention loop does it (``retention.reindex_closed_months``)."""
+retention loop does it (``retention.reindex_closed_months``, read in
+tests/tracker/test_settings.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import pytest
 
 from tracker.devices import Registry
 from tracker.retention import Retention
-from tracker.settings import load
 from tracker.store import StoredPosition, open_store
 from tracker.store.postgis import PostgisStore
 
@@ -122,10 +122,3 @@ async def test_retention_rebuilds_a_closed_month_and_counts_it(store: PostgisSto
     assert await retention.reindex() == "positions_y2026m09"
     assert await retention.reindex() is None
     assert stats["retention.partitions_reindexed"] == 1
-
-
-def test_the_setting_reads_from_toml(tmp_path: Path) -> None:
-    assert load(None, environ={}).retention_reindex_closed_months is True
-    config = tmp_path / "tracker.toml"
-    config.write_text("[retention]\nreindex_closed_months = false\n")
-    assert load(config, environ={}).retention_reindex_closed_months is False

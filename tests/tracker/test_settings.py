@@ -136,3 +136,9 @@ def test_batch_writers(tmp_path: Path) -> None:
     assert load(None, environ={"TRACKER_STORE_BATCH_WRITERS": "3"}).batch_writers == 3
     with pytest.raises(ConfigError, match=r"store\.batch_writers"):
         load(None, environ={"TRACKER_STORE_BATCH_WRITERS": "0"})
+
+
+def test_closed_months_are_reindexed_unless_turned_off(tmp_path: Path) -> None:
+    assert load(None, environ={}).retention_reindex_closed_months is True
+    text = "[retention]\nreindex_closed_months = false\n"
+    assert load(write(tmp_path, text), environ={}).retention_reindex_closed_months is False
