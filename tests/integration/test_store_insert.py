@@ -1,0 +1,104 @@
+"""How PostGIS takes a batch of positions: a COPY straight into ``positions``
+with the geometry as EWKB, and, for a batch holding a fix already stored, the
+staging table and ``ON CONFLICT DO NOTHING``, which every batch then takes for
+``DEDUPLICATE_FOR_S``. What each way stores is held to the same rows by
+tests/integration/test_store_contract.py; here, the geometry and the switch."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from tests.pgserver import PgServer
+from tracker.store import StoredPosition, postgis
+from tracker.store.postgis import DEDUPLICATE_FOR_S, PostgisStore
+
+pytestmark = pytest.mark.postgis
+
+T0 = datetime(2026, 11, 30, 7, 0, tzinfo=UTC)
+
+
+def fix(n: int, *, lat: float = -6.2, lon: float = 106.8) -> StoredPosition:
+    when = T0 + timedelta(seconds=n)
+    return StoredPosition("u1", "v1", "gt06", when, when, lat, lon)
+
+
+POINTS = "SELECT ST_X(geom), ST_Y(geom), ST_SRID(geom) FROM positions ORDER BY fix_time"
+
+
+@pytest.fixture
+async def store(postgis_url: str) -> AsyncIterator[PostgisStore]:
+    opened = PostgisStore(postgis_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def points(url: str) -> list[tuple[float, float, int]]:
+    conn = await asyncpg.connect(url)
+    try:
+        return [tuple(r) for r in await conn.fetch(POINTS)]
+    finally:
+        await conn.close()
+
+
+async def test_a_batch_goes_straight_in_with_its_point(
+    store: PostgisStore, postgis_url: str
+) -> None:
+    corners = [fix(0, lat=-89.999999, lon=-180.0), fix(1, lat=90.0, lon=179.123456789)]
+    assert await store.insert_positions(corners) == 2
+    assert store._deduplicate_until == 0.0  # no resend: nothing went through staging
+    assert await points(postgis_url) == [(-180.0, -89.999999, 4326), (179.123456789, 90.0, 4326)]
+
+
+async def test_a_resend_goes_through_staging_and_so_do_the_batches_after_it(
+    store: PostgisStore, postgis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(postgis.time, "monotonic", lambda: now[0])
+    assert await store.insert_positions([fix(0), fix(1)]) == 2
+    # a resend of fix 1 beside two new fixes, one of them twice
+    assert await store.insert_positions([fix(1), fix(2, lat=1.5), fix(3), fix(2)]) == 2
+    assert store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
+    now[0] += DEDUPLICATE_FOR_S - 1
+    assert await store.insert_positions([fix(4, lon=-0.5)]) == 1  # still the staging way
+    assert await store.insert_positions([fix(4)]) == 0  # skipped, not an error
+    assert store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
+    now[0] += 1
+    assert await store.insert_positions([fix(5)]) == 1  # straight in again
+    assert store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
+    assert await points(postgis_url) == [
+        (106.8, -6.2, 4326),
+        (106.8, -6.2, 4326),
+        (106.8, 1.5, 4326),  # the first of the key in the batch is kept
+        (106.8, -6.2, 4326),
+        (-0.5, -6.2, 4326),
+        (106.8, -6.2, 4326),
+    ]
+
+
+async def test_a_database_without_postgis_yet_takes_batches_once_migrated(
+    pg_server: PgServer,
+) -> None:
+    """The pool connects before the first migration creates PostGIS, so those
+    connections cannot know its geometry type; open() connects afresh."""
+    name = f"bare_{os.getpid()}"
+    admin = await asyncpg.connect(pg_server.url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        url = pg_server.database_url(name)
+        store = PostgisStore(url)
+        await store.open()
+        try:
+            assert await store.insert_positions([fix(0), fix(1)]) == 2
+            assert await store.insert_positions([fix(1), fix(2)]) == 1
+        finally:
+            await store.close()
+        assert await points(url) == [(106.8, -6.2, 4326)] * 3
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
