@@ -446,25 +446,35 @@ class Pipeline:
         self.stats["batches"] += 1
         self.stats["positions_stored"] += inserted
         self.stats["positions_deduplicated"] += len(rows) - inserted
-        try:
-            self._after_commit(rows)
-        finally:  # stored: acknowledge, whatever the cache or the hub made of it
-            for _, future in groups:
-                if not future.done():
-                    future.set_result(None)
+        fresh = self._cache_rows(rows)  # before any unit's next fix is filtered
+        for _, future in groups:  # stored: acknowledge
+            if not future.done():
+                future.set_result(None)
+        # The hub and the rules take the rows once the units' tasks have sent
+        # their acks (call_soon keeps that order): a big batch's live messages
+        # and rules no longer hold its acks back.
+        asyncio.get_running_loop().call_soon(self._after_commit, fresh, rows)
 
-    def _after_commit(self, rows: list[StoredPosition]) -> None:
+    def _cache_rows(self, rows: list[StoredPosition]) -> list[tuple[StoredPosition, bool]]:
+        """Each row that is not a resend, and whether it is now its unit's latest."""
+        fresh = []
         for row in rows:
             before = self._cache.unit(row.unique_id)
             if before is not None and before.fix_time == row.fix_time:
                 continue  # a resend of what the unit already gave us
-            latest = self._cache.update(row)
+            fresh.append((row, self._cache.update(row)))
+        return fresh
+
+    def _after_commit(
+        self, fresh: list[tuple[StoredPosition, bool]], rows: list[StoredPosition]
+    ) -> None:
+        for row, latest in fresh:
             # built and encoded only if someone watches the vehicle (or replays it)
             body = views.live_position_later(row, latest=latest)
             self._hub.publish(row.vehicle_id, row.unique_id, body, latest=latest)
         if self.observer is not None:
             try:
                 self.observer.committed(rows)
-            except Exception:  # a rule bug must not hold back acknowledgements
+            except Exception:  # a rule bug must not hold back the live messages
                 log.exception("rules failed on a batch of %d positions", len(rows))
                 self.stats["rule_failures"] += 1
