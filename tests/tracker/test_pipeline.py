@@ -85,6 +85,35 @@ async def test_commit_returns_once_durable_and_batches_concurrent_writers(
     assert pipeline.stats["batches"] <= 2  # 60 writers shared one or two commits
 
 
+class Recorder:
+    """An observer that notes when the rules took a batch."""
+
+    def __init__(self, order: list[str]) -> None:
+        self.order = order
+
+    def committed(self, rows: Sequence[StoredPosition]) -> None:
+        self.order.append(f"rules saw {len(rows)}")
+
+    def reported(self, unique_id: str, when: datetime, attributes: dict[str, object]) -> None:
+        pass
+
+
+async def test_a_batch_is_acknowledged_before_the_hub_and_the_rules_take_it(
+    pipeline: Pipeline,
+) -> None:
+    order: list[str] = []
+    pipeline.observer = Recorder(order)
+    watcher = pipeline._hub.subscribe(None)
+    rows = [r for n in range(3) if (r := pipeline.accept(UNIT, "gt06", fix(n)))]
+    await pipeline.commit(rows)
+    order.append(f"acked, {watcher.pending} live")
+    assert pipeline.accept(UNIT, "gt06", fix(2)) is None  # the cache has the batch already
+    await asyncio.sleep(0)
+    pipeline._hub.flush()
+    assert order == ["acked, 0 live", "rules saw 3"]
+    assert watcher.pending == 1  # the newest of the unit, queued for a subscriber without a sink
+
+
 async def test_full_batch_splits_at_max_rows(pipeline: Pipeline) -> None:
     rows = [r for n in range(250) if (r := pipeline.accept(UNIT, "gt06", fix(n)))]
     import asyncio
