@@ -68,9 +68,9 @@ PARTITION_LOCK = 0x7472_6B72_7061_7201
 CLOSE_TIMEOUT_S = 5.0  # then the pool's connections are cut instead
 POOL_BESIDE_WRITERS = 4  # connections for reads, events and the audit log, beside the writers
 
-# What a batch's records hold: StoredPosition's fields, in order, with the
-# geometry after lon. Waiting on fewer round trips to PostgreSQL (BEGIN, COPY,
-# INSERT, COMMIT took five) is what paced ingest's acknowledgements wait on.
+# The columns of a batch's records: StoredPosition's fields in order, the
+# geometry after lon. Straight in, the batch's acks wait for two round trips
+# to PostgreSQL; through staging (BEGIN, COPY, INSERT, COMMIT), for five.
 _FIELDS = [f.name for f in dataclasses.fields(StoredPosition)]
 POSITION_COLUMNS = [*_FIELDS[:7], "geom", *_FIELDS[7:]]
 
