@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tracker.store import Store, open_store
+from tracker.store.postgis import PostgisStore
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgis", marks=pytest.mark.postgis)])
@@ -21,6 +22,15 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
 @pytest.fixture
 async def store(store_url: str) -> AsyncIterator[Store]:
     opened = open_store(store_url)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+async def postgis_store(postgis_url: str) -> AsyncIterator[PostgisStore]:
+    """An open PostGIS store on a fresh database, for what only PostGIS does."""
+    opened = PostgisStore(postgis_url)
     await opened.open()
     yield opened
     await opened.close()

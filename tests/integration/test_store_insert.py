@@ -7,7 +7,6 @@ tests/integration/test_store_contract.py; here, the geometry and the switch."""
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -30,14 +29,6 @@ def fix(n: int, *, lat: float = -6.2, lon: float = 106.8) -> StoredPosition:
 POINTS = "SELECT ST_X(geom), ST_Y(geom), ST_SRID(geom) FROM positions ORDER BY fix_time"
 
 
-@pytest.fixture
-async def store(postgis_url: str) -> AsyncIterator[PostgisStore]:
-    opened = PostgisStore(postgis_url)
-    await opened.open()
-    yield opened
-    await opened.close()
-
-
 async def points(url: str) -> list[tuple[float, float, int]]:
     conn = await asyncpg.connect(url)
     try:
@@ -47,30 +38,30 @@ async def points(url: str) -> list[tuple[float, float, int]]:
 
 
 async def test_a_batch_goes_straight_in_with_its_point(
-    store: PostgisStore, postgis_url: str
+    postgis_store: PostgisStore, postgis_url: str
 ) -> None:
     corners = [fix(0, lat=-89.999999, lon=-180.0), fix(1, lat=90.0, lon=179.123456789)]
-    assert await store.insert_positions(corners) == 2
-    assert store._deduplicate_until == 0.0  # no resend: nothing went through staging
+    assert await postgis_store.insert_positions(corners) == 2
+    assert postgis_store._deduplicate_until == 0.0  # no resend: nothing went through staging
     assert await points(postgis_url) == [(-180.0, -89.999999, 4326), (179.123456789, 90.0, 4326)]
 
 
 async def test_a_resend_goes_through_staging_and_so_do_the_batches_after_it(
-    store: PostgisStore, postgis_url: str, monkeypatch: pytest.MonkeyPatch
+    postgis_store: PostgisStore, postgis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     now = [1000.0]
     monkeypatch.setattr(postgis.time, "monotonic", lambda: now[0])
-    assert await store.insert_positions([fix(0), fix(1)]) == 2
+    assert await postgis_store.insert_positions([fix(0), fix(1)]) == 2
     # a resend of fix 1 beside two new fixes, one of them twice
-    assert await store.insert_positions([fix(1), fix(2, lat=1.5), fix(3), fix(2)]) == 2
-    assert store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
+    assert await postgis_store.insert_positions([fix(1), fix(2, lat=1.5), fix(3), fix(2)]) == 2
+    assert postgis_store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
     now[0] += DEDUPLICATE_FOR_S - 1
-    assert await store.insert_positions([fix(4, lon=-0.5)]) == 1  # still the staging way
-    assert await store.insert_positions([fix(4)]) == 0  # skipped, not an error
-    assert store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
+    assert await postgis_store.insert_positions([fix(4, lon=-0.5)]) == 1  # still the staging way
+    assert await postgis_store.insert_positions([fix(4)]) == 0  # skipped, not an error
+    assert postgis_store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
     now[0] += 1
-    assert await store.insert_positions([fix(5)]) == 1  # straight in again
-    assert store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
+    assert await postgis_store.insert_positions([fix(5)]) == 1  # straight in again
+    assert postgis_store._deduplicate_until == 1000.0 + DEDUPLICATE_FOR_S
     assert await points(postgis_url) == [
         (106.8, -6.2, 4326),
         (106.8, -6.2, 4326),

@@ -7,7 +7,6 @@ tests/tracker/test_settings.py)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,12 +35,9 @@ ROWS = [fix(datetime(2026, month, day, 12, tzinfo=UTC)) for month in (9, 10, 11)
 
 
 @pytest.fixture
-async def store(postgis_url: str) -> AsyncIterator[PostgisStore]:
-    opened = PostgisStore(postgis_url)
-    await opened.open()
-    await opened.insert_positions(ROWS)
-    yield opened
-    await opened.close()
+async def store(postgis_store: PostgisStore) -> PostgisStore:
+    await postgis_store.insert_positions(ROWS)
+    return postgis_store
 
 
 @pytest.mark.postgis
