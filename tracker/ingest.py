@@ -446,35 +446,33 @@ class Pipeline:
         self.stats["batches"] += 1
         self.stats["positions_stored"] += inserted
         self.stats["positions_deduplicated"] += len(rows) - inserted
-        fresh = self._cache_rows(rows)  # before any unit's next fix is filtered
-        for _, future in groups:  # stored: acknowledge
-            if not future.done():
-                future.set_result(None)
-        # The hub and the rules take the rows once the units' tasks have sent
-        # their acks (call_soon keeps that order): a big batch's live messages
-        # and rules no longer hold its acks back.
-        asyncio.get_running_loop().call_soon(self._after_commit, fresh, rows)
+        try:
+            self._after_commit(rows)
+        finally:  # stored: acknowledge, whatever the cache or the hub made of it
+            for _, future in groups:
+                if not future.done():
+                    future.set_result(None)
+        # The rules take the rows once the units' tasks have sent their acks
+        # (call_soon keeps that order): a big batch's rules no longer hold its
+        # acks back.
+        if self.observer is not None:
+            asyncio.get_running_loop().call_soon(self._rules, self.observer, rows)
 
-    def _cache_rows(self, rows: list[StoredPosition]) -> list[tuple[StoredPosition, bool]]:
-        """Each row that is not a resend, and whether it is now its unit's latest."""
-        fresh = []
+    def _rules(self, observer: Observer, rows: list[StoredPosition]) -> None:
+        try:
+            observer.committed(rows)
+        except Exception:  # a rule bug must not stop the next batch's rules
+            log.exception("rules failed on a batch of %d positions", len(rows))
+            self.stats["rule_failures"] += 1
+
+    def _after_commit(self, rows: list[StoredPosition]) -> None:
+        """The cache (which the filters read for each unit's next fix) and the
+        hub (which files each message for its next tick: cheap; it builds and
+        encodes them then, and only for a vehicle someone watches) take the rows."""
         for row in rows:
             before = self._cache.unit(row.unique_id)
             if before is not None and before.fix_time == row.fix_time:
                 continue  # a resend of what the unit already gave us
-            fresh.append((row, self._cache.update(row)))
-        return fresh
-
-    def _after_commit(
-        self, fresh: list[tuple[StoredPosition, bool]], rows: list[StoredPosition]
-    ) -> None:
-        for row, latest in fresh:
-            # built and encoded only if someone watches the vehicle (or replays it)
+            latest = self._cache.update(row)
             body = views.live_position_later(row, latest=latest)
             self._hub.publish(row.vehicle_id, row.unique_id, body, latest=latest)
-        if self.observer is not None:
-            try:
-                self.observer.committed(rows)
-            except Exception:  # a rule bug must not hold back the live messages
-                log.exception("rules failed on a batch of %d positions", len(rows))
-                self.stats["rule_failures"] += 1
