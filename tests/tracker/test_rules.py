@@ -11,6 +11,7 @@ from typing import Any
 from geofences.index import FenceIndex
 from geofences.model import Fence, shape_from_request
 from tracker.rules import RuleEngine, RuleSettings
+from tracker.rules.geo import distance_m, farther_than
 from tracker.rules.silence import Deadlines
 from tracker.store import Event, StoredPosition, Unit, Vehicle
 
@@ -323,3 +324,19 @@ def test_a_vehicle_can_have_its_own_thresholds() -> None:
     assert types(engine.due(T0 + timedelta(hours=2))) == ["unit_silent"]
     assert engine.settings_for("car").silent_wired_s == 7200
     assert engine.settings_for("other").silent_wired_s == 1800
+
+
+def test_farther_than_agrees_with_the_distance_and_skips_it_when_latitudes_settle_it() -> None:
+    rng = random.Random(5)
+    for _ in range(20_000):
+        lat1, lon1 = rng.uniform(-89, 89), rng.uniform(-180, 180)
+        lat2 = lat1 + rng.uniform(-0.01, 0.01)
+        lon2 = lon1 + rng.uniform(-0.01, 0.01)
+        metres = rng.choice([0.0, 50.0, 200.0, 1_000.0])
+        assert farther_than(lat1, lon1, lat2, lon2, metres) is (
+            distance_m(lat1, lon1, lat2, lon2) > metres
+        )
+    # a pure north-south step: the meridian arc is the distance itself, either side of it
+    step = distance_m(45.0, 7.0, 45.001, 7.0)
+    assert farther_than(45.0, 7.0, 45.001, 7.0, step - 0.01)
+    assert not farther_than(45.0, 7.0, 45.001, 7.0, step + 0.01)

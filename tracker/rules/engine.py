@@ -225,7 +225,8 @@ class RuleEngine(MotionRules):
 
     def positions(self, rows: Sequence[StoredPosition], now: datetime) -> list[Event]:
         """Evaluate a committed batch, each unit's fixes in fix-time order."""
-        order = sorted(range(len(rows)), key=lambda i: (rows[i].unique_id, rows[i].fix_time))
+        keys = [(row.unique_id, row.fix_time) for row in rows]
+        order = sorted(range(len(rows)), key=keys.__getitem__)
         with self.batch():
             return self._positions(rows, order, now)
 
@@ -240,18 +241,22 @@ class RuleEngine(MotionRules):
             unit = self._unit(row.unique_id)
             if unit is None:
                 continue
-            state = self._units.setdefault(row.unique_id, _UnitState())
+            state = self._units.get(row.unique_id)
+            if state is None:  # not setdefault: it would build a state for every fix
+                state = self._units[row.unique_id] = _UnitState()
             out_of_order = state.last is not None and row.fix_time <= state.last.fix_time
             late = out_of_order or row.fix_time < late_before
-            events += self.alarms(
-                row.unique_id,
-                row.attributes,
-                row.fix_time,
-                now,
-                lat=row.lat,
-                lon=row.lon,
-                late=late,
-            )
+            if row.unique_id in self._alarmed or not _ALARM_NAMES.isdisjoint(row.attributes):
+                # (``alarms``' own test, without the call: nearly every fix has none)
+                events += self.alarms(
+                    row.unique_id,
+                    row.attributes,
+                    row.fix_time,
+                    now,
+                    lat=row.lat,
+                    lon=row.lon,
+                    late=late,
+                )
             if out_of_order:
                 continue  # the state machines move forward in time only
             events += self._fence_rules(unit, state, row, observed.get(i, {}), now, late)
@@ -308,8 +313,9 @@ class RuleEngine(MotionRules):
             return {}
         lons = np.fromiter((r.lon for r in rows), dtype=np.float64, count=len(rows))
         lats = np.fromiter((r.lat for r in rows), dtype=np.float64, count=len(rows))
+        margin_of = {v: self.settings_for(v).margin_m for v in {r.vehicle_id for r in rows}}
         margins = np.fromiter(
-            (max(self.settings_for(r.vehicle_id).margin_m, r.accuracy_m or 0.0) for r in rows),
+            (max(margin_of[r.vehicle_id], r.accuracy_m or 0.0) for r in rows),
             dtype=np.float64,
             count=len(rows),
         )

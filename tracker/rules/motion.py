@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
 from tracker.rules.alerts import iso
-from tracker.rules.geo import distance_m
+from tracker.rules.geo import distance_m, farther_than
 from tracker.rules.places import PlaceRules
 from tracker.store import Event, StoredPosition, Unit, Vehicle
 
@@ -131,8 +131,12 @@ class MotionRules(PlaceRules):
     def _long_stay(self, unit: Unit, row: StoredPosition, now: datetime, late: bool) -> list[Event]:
         stay = self._stays.get(unit.vehicle_id)
         key = "long_stay"
-        if stay is None or distance_m(row.lat, row.lon, stay.lat, stay.lon) > (
-            self.settings_for(unit.vehicle_id).long_stay_radius_m
+        if stay is None or farther_than(
+            row.lat,
+            row.lon,
+            stay.lat,
+            stay.lon,
+            self.settings_for(unit.vehicle_id).long_stay_radius_m,
         ):
             self._stays[unit.vehicle_id] = Stay(row.lat, row.lon, row.fix_time)
             if stay is None or (unit.vehicle_id, key) not in self.open:

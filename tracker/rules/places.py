@@ -71,7 +71,9 @@ class PlaceRules(AlertRules):
         self._groups: dict[str, tuple[datetime, frozenset[str]]] = {}  # cell -> since, members
 
     def _night(self, unit: Unit, row: StoredPosition, now: datetime) -> list[Event]:
-        nights = self._nights.setdefault(unit.vehicle_id, _Nights())
+        nights = self._nights.get(unit.vehicle_id)
+        if nights is None:
+            nights = self._nights[unit.vehicle_id] = _Nights()
         local = local_time(row.fix_time, row.lon)
         if local.hour < NIGHT_ENDS_H:  # a night fix: remember where, for that night
             night = local.date()
