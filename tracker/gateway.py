@@ -89,7 +89,9 @@ class Session:
         now = self._pipeline.clock() if messages else None
         positions = 0
         for message in messages:
-            unit = await self._unit_for(message)
+            unit = self.unit
+            if unit is None or message.unique_id not in (None, unit.unique_id):
+                unit = await self._unit_for(message)  # not bound yet, or another unit
             if unit is None:
                 if self.refused:
                     break
