@@ -204,7 +204,7 @@ class Gt06Codec:
             if not self._accept_bad_crc:
                 return None
         reply = reply_to(frame, self._now)
-        kind = f"0x{frame.kind:02x}"
+        kind = TYPE_TEXT[frame.kind]
         decoder = None if frame.extended else DECODERS.get(frame.kind)
         if decoder is None:  # extended types and the rest: model specific, kept raw
             raw = raw_fields(frame) | {"content": frame.content.hex()}
@@ -298,8 +298,11 @@ def reply_to(frame: Frame, now: Callable[[], datetime]) -> bytes | None:
     return None if kind in NOT_ACKED else ack(kind, serial)
 
 
+TYPE_TEXT = tuple(f"0x{kind:02x}" for kind in range(256))  # made once, not per frame
+
+
 def raw_fields(frame: Frame) -> dict[str, Any]:
-    return {"type": f"0x{frame.kind:02x}", "serial": frame.serial}
+    return {"type": TYPE_TEXT[frame.kind], "serial": frame.serial}
 
 
 def read_fix(content: bytes) -> Fix:
@@ -334,9 +337,10 @@ def make_position(
 ) -> Position:
     merged = {} if fix.ignition is None else {"ignition": fix.ignition}
     merged |= attributes  # the ACC byte and terminal info, where present, say more
+    # by position, in Position's field order: keywords cost about 0.3 us a fix more
     return Position(
         uid, fix.time, fix.lat, fix.lon, fix.valid, fix.speed_kmh, fix.course_deg,
-        satellites=fix.satellites, attributes=merged, raw=raw, reply=reply,
+        None, None, fix.satellites, merged, raw, reply,
     )  # fmt: skip
 
 

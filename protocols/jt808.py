@@ -426,10 +426,10 @@ def read_location(uid: str, body: bytes, raw: dict[str, Any], reply: bytes | Non
     raw = {**raw, "alarm": alarm, "status": status}
     if items:
         raw["items"] = items
+    # by position, in Position's field order: keywords cost about 0.3 us a fix more
     return Position(
         uid, fix_time, lat, lon, bool(status >> STATUS_FIX & 1), speed / 10, float(course),
-        altitude_m=float(altitude), satellites=satellites, attributes=attributes, raw=raw,
-        reply=reply,
+        float(altitude), None, satellites, attributes, raw, reply,
     )  # fmt: skip
 
 

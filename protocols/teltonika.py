@@ -390,9 +390,10 @@ def read_record(
         fix_time = EPOCH
     if implausible:
         raw["implausible"] = implausible
+    # by position, in Position's field order: keywords cost about 0.3 us a fix more
     return Position(
         uid, fix_time, lat, lon, satellites > 0 and not implausible, float(speed), float(angle),
-        altitude_m=float(altitude), satellites=satellites, attributes=attributes, raw=raw,
+        float(altitude), None, satellites, attributes, raw,
     )  # fmt: skip
 
 
