@@ -16,9 +16,9 @@ def distance_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def farther_than(lat1: float, lon1: float, lat2: float, lon2: float, metres: float) -> bool:
-    """``distance_m(...) > metres``, without the trigonometry when the latitudes
-    alone settle it: the great circle is never shorter than the meridian arc
-    between the two latitudes."""
+    """``distance_m(...) > metres`` (to rounding), without the trigonometry when
+    the latitudes alone settle it: the great circle is never shorter than the
+    meridian arc between the two latitudes."""
     if math.radians(abs(lat2 - lat1)) * EARTH_RADIUS_M > metres:
         return True
     return distance_m(lat1, lon1, lat2, lon2) > metres
