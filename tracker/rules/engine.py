@@ -36,6 +36,12 @@ _ALARM_NAMES = frozenset(ALARM_EVENTS)
 ALARM_SEVERITY = {"sos": "critical", "removed": "critical", "power_cut": "critical"}
 
 
+def _quiet(alarmed: set[str], unique_id: str, attributes: dict[str, Any]) -> bool:
+    """Nearly every fix: it raises no alarm, and its unit has none open to clear
+    (a function, not a method: the batch loop asks it before calling ``alarms``)."""
+    return unique_id not in alarmed and _ALARM_NAMES.isdisjoint(attributes)
+
+
 @dataclass(frozen=True, slots=True)
 class RuleSettings:
     margin_m: float = 30.0
@@ -180,8 +186,8 @@ class RuleEngine(MotionRules):
         late: bool = False,
     ) -> list[Event]:
         """The unit's own alarms (a heartbeat's or a position's attributes)."""
-        if unique_id not in self._alarmed and _ALARM_NAMES.isdisjoint(attributes):
-            return []  # nearly every fix: no alarm raised, none open to clear
+        if _quiet(self._alarmed, unique_id, attributes):
+            return []
         unit = self._unit(unique_id)
         if unit is None:
             return []
@@ -246,8 +252,7 @@ class RuleEngine(MotionRules):
                 state = self._units[row.unique_id] = _UnitState()
             out_of_order = state.last is not None and row.fix_time <= state.last.fix_time
             late = out_of_order or row.fix_time < late_before
-            if row.unique_id in self._alarmed or not _ALARM_NAMES.isdisjoint(row.attributes):
-                # (``alarms``' own test, without the call: nearly every fix has none)
+            if not _quiet(self._alarmed, row.unique_id, row.attributes):
                 events += self.alarms(
                     row.unique_id,
                     row.attributes,
