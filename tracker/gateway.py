@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
@@ -247,10 +248,11 @@ class Gateway:
         codec = _codec(self.settings, "tcp")
         session = Session(self.name, peer, self._registry, self._pipeline)
         guard = Guard(self.settings, self._open.settings, loop.time())
+        deadline = ReadDeadline(loop, reader)
         self.stats[f"connections.{self.name}"] += 1
         first_bytes = b""
         try:
-            while data := await self._read(reader, guard, session.unit is not None):
+            while data := await deadline.read(guard, session.unit is not None, READ_SIZE):
                 first_bytes = first_bytes or data[:32]
                 read_at, frames = loop.time(), session.frames
                 replies = await session.feed(codec, data)
@@ -283,22 +285,10 @@ class Gateway:
         except Exception:
             log.exception("%s %s: connection failed", self.name, peer, extra=session.log_extra)
         finally:
+            deadline.cancel()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
-
-    async def _read(self, reader: asyncio.StreamReader, guard: Guard, identified: bool) -> bytes:
-        """The next bytes, or b"" at the end of the stream.
-
-        Raises:
-            Refused: nothing came in time (``idle`` or ``login_timeout``).
-        """
-        deadline, reason = guard.deadline(identified, asyncio.get_running_loop().time())
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await reader.read(guard.read_size(identified, READ_SIZE))
-        except TimeoutError:
-            raise Refused(reason) from None
 
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         """Wait until the unit takes our replies, as long as it may stay silent.
@@ -313,6 +303,55 @@ class Gateway:
                 await writer.drain()
         except TimeoutError:
             raise Refused("idle", "not reading its replies") from None
+
+
+class ReadDeadline:
+    """How long a connection may keep us waiting for its next bytes: one timer
+    per connection, not one per read.
+
+    An ``asyncio.timeout`` around each read would set a timer and cancel it
+    again, about 6 us a read in the loop's heap, for a deadline that nearly
+    never passes. Here a read only notes its deadline (``Guard.deadline``) and
+    sets the timer when none is set. The timer is never due after the deadline
+    of the read waiting when it fires (a later read's deadline is never
+    earlier): it refuses the connection then (the read raises ``Refused``), or
+    sets itself again for that read's deadline, or, between reads, lapses.
+    """
+
+    __slots__ = ("_at", "_handle", "_loop", "_reader", "_reason")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader) -> None:
+        self._loop, self._reader = loop, reader
+        self._at, self._reason = math.inf, ""  # no read waiting
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def read(self, guard: Guard, identified: bool, most: int) -> bytes:
+        """The next bytes, or b"" at the end of the stream.
+
+        Raises:
+            Refused: nothing came in time (``idle`` or ``login_timeout``).
+        """
+        self._at, self._reason = guard.deadline(identified, self._loop.time())
+        if self._handle is None:
+            self._handle = self._loop.call_at(self._at, self._due)
+        try:
+            return await self._reader.read(guard.read_size(identified, most))
+        finally:
+            self._at = math.inf
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _due(self) -> None:
+        self._handle = None
+        if self._at == math.inf:
+            return  # between reads: the next one sets the timer
+        if self._loop.time() >= self._at:
+            self._reader.set_exception(Refused(self._reason))
+        else:
+            self._handle = self._loop.call_at(self._at, self._due)
 
 
 class UdpListener(asyncio.DatagramProtocol):
