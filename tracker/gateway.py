@@ -248,11 +248,11 @@ class Gateway:
         codec = _codec(self.settings, "tcp")
         session = Session(self.name, peer, self._registry, self._pipeline)
         guard = Guard(self.settings, self._open.settings, loop.time())
-        deadline = ReadDeadline(loop, reader)
+        deadline = Deadline(loop, lambda reason: reader.set_exception(Refused(reason)))
         self.stats[f"connections.{self.name}"] += 1
         first_bytes = b""
         try:
-            while data := await deadline.read(guard, session.unit is not None, READ_SIZE):
+            while data := await self._read(reader, guard, session.unit is not None, deadline):
                 first_bytes = first_bytes or data[:32]
                 read_at, frames = loop.time(), session.frames
                 replies = await session.feed(codec, data)
@@ -290,6 +290,20 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    async def _read(
+        self, reader: asyncio.StreamReader, guard: Guard, identified: bool, deadline: Deadline
+    ) -> bytes:
+        """The next bytes, or b"" at the end of the stream.
+
+        Raises:
+            Refused: nothing came in time (``idle`` or ``login_timeout``).
+        """
+        deadline.wait(*guard.deadline(identified, asyncio.get_running_loop().time()))
+        try:
+            return await reader.read(guard.read_size(identified, READ_SIZE))
+        finally:
+            deadline.waited()
+
     async def _drain(self, writer: asyncio.StreamWriter) -> None:
         """Wait until the unit takes our replies, as long as it may stay silent.
 
@@ -305,39 +319,35 @@ class Gateway:
             raise Refused("idle", "not reading its replies") from None
 
 
-class ReadDeadline:
-    """How long a connection may keep us waiting for its next bytes: one timer
-    per connection, not one per read.
+class Deadline:
+    """How long a connection (or UDP peer) may keep us waiting for its next
+    bytes: one timer for it, not one for each read.
 
     An ``asyncio.timeout`` around each read would set a timer and cancel it
-    again, about 6 us a read in the loop's heap, for a deadline that nearly
-    never passes. Here a read only notes its deadline (``Guard.deadline``) and
-    sets the timer when none is set. The timer is never due after the deadline
-    of the read waiting when it fires (a later read's deadline is never
-    earlier): it refuses the connection then (the read raises ``Refused``), or
+    again, about 6 us a read in the loop's heap (``asyncio.wait_for``, with its
+    task, 8-10), for a deadline that nearly never passes. Here a read notes its
+    deadline (``wait``) and sets the timer only when none is set. The timer is
+    never due after the deadline of the read waiting when it fires (a later
+    read's deadline is never earlier): it calls ``expire(reason)`` then, or
     sets itself again for that read's deadline, or, between reads, lapses.
     """
 
-    __slots__ = ("_at", "_handle", "_loop", "_reader", "_reason")
+    __slots__ = ("_at", "_expire", "_handle", "_loop", "_reason")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, reader: asyncio.StreamReader) -> None:
-        self._loop, self._reader = loop, reader
+    def __init__(self, loop: asyncio.AbstractEventLoop, expire: Callable[[str], None]) -> None:
+        self._loop, self._expire = loop, expire
         self._at, self._reason = math.inf, ""  # no read waiting
         self._handle: asyncio.TimerHandle | None = None
 
-    async def read(self, guard: Guard, identified: bool, most: int) -> bytes:
-        """The next bytes, or b"" at the end of the stream.
-
-        Raises:
-            Refused: nothing came in time (``idle`` or ``login_timeout``).
-        """
-        self._at, self._reason = guard.deadline(identified, self._loop.time())
+    def wait(self, at: float, reason: str) -> None:
+        """A read starts waiting, until ``at`` (loop time) at most."""
+        self._at, self._reason = at, reason
         if self._handle is None:
-            self._handle = self._loop.call_at(self._at, self._due)
-        try:
-            return await self._reader.read(guard.read_size(identified, most))
-        finally:
-            self._at = math.inf
+            self._handle = self._loop.call_at(at, self._due)
+
+    def waited(self) -> None:
+        """The read is over, with bytes or without."""
+        self._at = math.inf
 
     def cancel(self) -> None:
         if self._handle is not None:
@@ -349,7 +359,7 @@ class ReadDeadline:
         if self._at == math.inf:
             return  # between reads: the next one sets the timer
         if self._loop.time() >= self._at:
-            self._reader.set_exception(Refused(self._reason))
+            self._expire(self._reason)
         else:
             self._handle = self._loop.call_at(self._at, self._due)
 
@@ -368,7 +378,7 @@ class UdpListener(asyncio.DatagramProtocol):
         self._pipeline = pipeline
         self.stats = pipeline.stats
         self._transport: asyncio.DatagramTransport | None = None
-        self._peers: dict[tuple[str, int], asyncio.Queue[bytes]] = {}
+        self._peers: dict[tuple[str, int], asyncio.Queue[bytes | None]] = {}  # None: forget it
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -410,17 +420,29 @@ class UdpListener(asyncio.DatagramProtocol):
         except asyncio.QueueFull:
             self.stats[f"datagrams_dropped.{self.name}.backlog"] += 1
 
-    async def _serve_peer(self, addr: tuple[str, int], queue: asyncio.Queue[bytes]) -> None:
+    async def _serve_peer(self, addr: tuple[str, int], queue: asyncio.Queue[bytes | None]) -> None:
+        loop = asyncio.get_running_loop()
         peer = f"{addr[0]}:{addr[1]}"
         codec = _codec(self.settings, "udp")
         session = Session(self.name, peer, self._registry, self._pipeline)
         self.stats[f"udp_peers.{self.name}"] += 1
+
+        def forget(reason: str) -> None:
+            if queue.empty():  # else a datagram came as the timer fired
+                queue.put_nowait(None)
+
+        deadline = Deadline(loop, forget)
         try:
             while True:
+                deadline.wait(loop.time() + self.settings.idle_timeout_s, "idle")
                 try:
-                    data = await asyncio.wait_for(queue.get(), self.settings.idle_timeout_s)
-                except TimeoutError:
-                    return
+                    data = await queue.get()
+                finally:
+                    deadline.waited()
+                if data is None:
+                    if queue.empty():
+                        return  # forgotten: its next datagram finds a new peer
+                    continue
                 try:
                     replies = await session.feed(codec, data)
                 except ProtocolError as exc:
@@ -448,4 +470,5 @@ class UdpListener(asyncio.DatagramProtocol):
         except Exception:
             log.exception("%s udp %s: peer failed", self.name, peer, extra=session.log_extra)
         finally:
+            deadline.cancel()
             self._peers.pop(addr, None)

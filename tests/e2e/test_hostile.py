@@ -21,12 +21,14 @@ from typing import Any
 import httpx
 import pytest
 
+import protocols
 from protocols import CODECS, UDP
 from tracker.server import Server
 from tracker.settings import GatewaySettings, ProtocolSettings
 from tracker.simulate import gt06_heartbeat, gt06_location
 
 from .conftest import ADMIN_KEY, ServerFactory
+from .test_every_protocol import packets
 from .test_position_path import LOGIN_FRAME, LOGIN_REPLY, T0, ack, register
 
 pytestmark = pytest.mark.e2e
@@ -133,7 +135,7 @@ async def test_a_unit_that_goes_quiet_is_closed_after_the_idle_timeout(
 async def test_a_unit_that_keeps_talking_outlives_many_idle_timeouts(
     make_server: ServerFactory,
 ) -> None:
-    # one timer per connection (ReadDeadline): each time it comes due, a later
+    # one timer per connection (gateway.Deadline): each time it comes due, a later
     # read is waiting, and it must move on to that read's deadline, not close
     server = await make_server(protocols=protocols_with(idle_timeout_s=0.5, login_timeout_s=5))
     async with admin(server) as api:
@@ -146,6 +148,39 @@ async def test_a_unit_that_keeps_talking_outlives_many_idle_timeouts(
     assert 0.4 < await closed_after(unit[0], 5) < 2.0
     close(unit)
     assert (await server_stats(server))["stats"]["connections_rejected.gt06.idle"] == 1
+
+
+async def test_a_udp_peer_is_forgotten_once_silent_not_while_it_talks(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(protocols=protocols_with(idle_timeout_s=0.4))
+    [datagram] = packets("teltonika", "udp")
+    messages = protocols.open("teltonika", transport="udp").feed(datagram)
+    reply = messages[-1].reply
+    async with admin(server) as api:
+        vehicle = {"units": [{"unique_id": messages[0].unique_id}]}
+        assert (await api.put("/api/v1/vehicles/udp-car", json=vehicle)).status_code < 300
+    answers: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: Any) -> None:
+            answers.put_nowait(data)
+
+    loop = asyncio.get_running_loop()
+    remote = ("127.0.0.1", server.udp_ports["teltonika"])
+    transport, _ = await loop.create_datagram_endpoint(Client, remote_addr=remote)
+    try:
+        for _ in range(6):  # every 0.15 s: over two idle timeouts, still one peer
+            transport.sendto(datagram)
+            assert await asyncio.wait_for(answers.get(), 5) == reply
+            await asyncio.sleep(0.15)
+        assert (await server_stats(server))["stats"]["udp_peers.teltonika"] == 1
+        await asyncio.sleep(1.0)  # silent past the timeout: its next datagram is a new peer
+        transport.sendto(datagram)
+        assert await asyncio.wait_for(answers.get(), 5) == reply
+    finally:
+        transport.close()
+    assert (await server_stats(server))["stats"]["udp_peers.teltonika"] == 2
 
 
 async def test_a_connection_that_does_not_log_in_is_closed_at_the_login_deadline(
