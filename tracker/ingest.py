@@ -58,6 +58,11 @@ WRITE_TIMEOUT_S = 30.0  # a batch taking longer is taken for a hung store, and r
 # A batch failing this many times while the store answers pings is written one
 # commit at a time: rows the store will never take must not hold back the rest.
 ISOLATE_AFTER = 3
+# The rules take committed rows once a tick, or at once when this many wait:
+# their fence and state work per call costs about 7 us a row in batches of
+# 100 (paced units at 20,000/s) and 5.9 in batches of 500.
+RULES_TICK_S = 0.025
+RULES_AT_ONCE = 500
 
 
 def utcnow() -> datetime:
@@ -131,6 +136,8 @@ class Pipeline:
         self.health = StoreHealth(store, stats, lambda: self.pending_rows, probe_every_s)
         self.abandoned_rows = 0  # rows left unwritten by stop(): never acknowledged
         self.observer: Observer | None = None
+        self._for_rules: list[StoredPosition] = []  # committed, not yet seen by the rules
+        self._rules_handle: asyncio.Handle | None = None
         # metrics: (rows, seconds, ok) of each batch the store was asked to commit
         self.on_batch: Callable[[int, float, bool], None] = lambda rows, seconds, ok: None
 
@@ -230,7 +237,8 @@ class Pipeline:
         writer. Rows still unwritten then are abandoned: their commits raise
         ``StoreUnavailable`` (counted in ``abandoned_rows``). Returns once every
         commit has returned, so that their callers have written their acks
-        before anyone closes the connections."""
+        before anyone closes the connections, and the rules have taken every
+        stored row."""
         if not self._writer_tasks:
             return
         self._closed = True
@@ -259,6 +267,9 @@ class Pipeline:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(1.0):  # each is runnable already: one loop pass or two
                 await self._no_committers.wait()
+        if self._rules_handle is not None:  # stored rows the rules have not seen yet
+            self._rules_handle.cancel()
+            self._rules()
 
     def _abandon(self, groups: list[Group]) -> None:
         rows = 0
@@ -452,15 +463,27 @@ class Pipeline:
             for _, future in groups:
                 if not future.done():
                     future.set_result(None)
-        # The rules take the rows once the units' tasks have sent their acks
-        # (call_soon keeps that order): a big batch's rules no longer hold its
-        # acks back.
+        # The rules take the rows after the units' tasks have sent their acks
+        # (call_soon and call_later keep that order): a big batch's rules do
+        # not hold its acks back, and small batches wait for a tick to share a call.
         if self.observer is not None:
-            asyncio.get_running_loop().call_soon(self._rules, self.observer, rows)
+            self._for_rules += rows
+            loop = asyncio.get_running_loop()
+            if len(self._for_rules) >= RULES_AT_ONCE:
+                if self._rules_handle is not None:
+                    self._rules_handle.cancel()
+                self._rules_handle = loop.call_soon(self._rules)
+            elif self._rules_handle is None:
+                self._rules_handle = loop.call_later(RULES_TICK_S, self._rules)
 
-    def _rules(self, observer: Observer, rows: list[StoredPosition]) -> None:
+    def _rules(self) -> None:
+        """The rules take the committed rows that wait for them, in commit order."""
+        self._rules_handle = None
+        rows, self._for_rules = self._for_rules, []
+        if not rows or self.observer is None:
+            return
         try:
-            observer.committed(rows)
+            self.observer.committed(rows)
         except Exception:  # a rule bug must not stop the next batch's rules
             log.exception("rules failed on a batch of %d positions", len(rows))
             self.stats["rule_failures"] += 1

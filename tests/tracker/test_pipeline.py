@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from protocols import Position
+from tracker import ingest
 from tracker.aio import cancel_all
 from tracker.cache import LatestState
 from tracker.filters import stored_row
-from tracker.ingest import Pipeline, StoreUnavailable
+from tracker.ingest import RULES_AT_ONCE, RULES_TICK_S, Pipeline, StoreUnavailable
 from tracker.live import Hub
 from tracker.store import Store, StoredPosition, Unit
 from tracker.store.sqlite import SqliteStore
@@ -86,13 +87,15 @@ async def test_commit_returns_once_durable_and_batches_concurrent_writers(
 
 
 class Recorder:
-    """An observer that notes when the rules took a batch."""
+    """An observer that notes when the rules took rows, and which."""
 
     def __init__(self, order: list[str]) -> None:
         self.order = order
+        self.calls: list[list[datetime]] = []
 
     def committed(self, rows: Sequence[StoredPosition]) -> None:
         self.order.append(f"rules saw {len(rows)}")
+        self.calls.append([row.fix_time for row in rows])
 
     def reported(self, unique_id: str, when: datetime, attributes: dict[str, object]) -> None:
         pass
@@ -107,9 +110,53 @@ async def test_a_batch_is_acknowledged_before_the_rules_take_it(pipeline: Pipeli
     order.append(f"acked, {pipeline._hub.stats['live.published']} published")
     assert pipeline.accept(UNIT, "gt06", fix(2)) is None  # the cache has the batch already
     await asyncio.sleep(0)
+    assert order == ["acked, 3 published"]  # a small batch waits for the rules' tick
+    await asyncio.sleep(RULES_TICK_S * 2)
     assert order == ["acked, 3 published", "rules saw 3"]
     pipeline._hub.flush()
     assert watcher.pending == 1  # the newest of the unit, queued for a subscriber without a sink
+
+
+async def test_small_batches_reach_the_rules_together_in_commit_order(
+    pipeline: Pipeline,
+) -> None:
+    recorder = Recorder([])
+    pipeline.observer = recorder
+    for first in (0, 3, 6):  # three commits, one after the other, within a tick
+        await pipeline.commit([r for n in range(first, first + 3) if (r := accepted(pipeline, n))])
+    assert pipeline.stats["batches"] == 3
+    await asyncio.sleep(RULES_TICK_S * 2)
+    assert recorder.calls == [[NOW + timedelta(seconds=n) for n in range(9)]]
+
+
+async def test_a_big_batch_goes_to_the_rules_without_waiting_for_the_tick(store: Store) -> None:
+    pipeline = Pipeline(store, LatestState(), Hub(), Counter(), max_rows=2000, clock=lambda: NOW)
+    recorder = Recorder([])
+    pipeline.observer = recorder
+    pipeline.start()
+    try:
+        await pipeline.commit([r for n in range(RULES_AT_ONCE) if (r := accepted(pipeline, n))])
+        await asyncio.sleep(0)  # one pass of the loop, not a tick
+        assert [len(call) for call in recorder.calls] == [RULES_AT_ONCE]
+    finally:
+        await pipeline.stop()
+
+
+async def test_stop_hands_the_rules_what_they_have_not_seen(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "RULES_TICK_S", 60.0)
+    recorder = Recorder([])
+    pipeline.observer = recorder
+    await pipeline.commit([r for n in range(3) if (r := accepted(pipeline, n))])
+    await asyncio.sleep(0.05)
+    assert recorder.calls == []  # waiting for a tick
+    await pipeline.stop()
+    assert recorder.calls == [[NOW + timedelta(seconds=n) for n in range(3)]]
+
+
+def accepted(pipeline: Pipeline, seconds: int) -> StoredPosition | None:
+    return pipeline.accept(UNIT, "gt06", fix(seconds))
 
 
 async def test_full_batch_splits_at_max_rows(pipeline: Pipeline) -> None:
