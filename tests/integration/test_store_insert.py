@@ -7,7 +7,6 @@ tests/integration/test_store_contract.py; here, the geometry and the switch."""
 from __future__ import annotations
 
 import os
-import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -94,37 +93,3 @@ async def test_a_database_without_postgis_yet_takes_batches_once_migrated(
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
-
-
-LAST_QUERIES = """
-SELECT pid, query FROM pg_stat_activity
-WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
-"""
-
-
-async def test_batches_keep_their_connection_and_a_dead_one_is_replaced(
-    postgis_store: PostgisStore, postgis_url: str
-) -> None:
-    """A batch's connection is kept for the next batch, not given back to the
-    pool (which would reset its session, a round trip for every batch); one the
-    server cut fails its batch (the pipeline retries it), and the next gets a
-    new connection."""
-    assert await postgis_store.insert_positions([fix(0)]) == 1
-    assert await postgis_store.insert_positions([fix(1)]) == 1
-    admin = await asyncpg.connect(postgis_url)
-    try:
-        last = {pid: query for pid, query in await admin.fetch(LAST_QUERIES)}
-        inserters = [pid for pid, query in last.items() if query.startswith("COPY")]
-        assert len(inserters) == 1, last  # its last statement was a COPY, not a reset
-        await admin.execute("SELECT pg_terminate_backend($1)", inserters[0])
-    finally:
-        await admin.close()
-    # what asyncpg makes of a connection cut while idle varies with timing (an
-    # error from the server, a closed connection, a protocol in a bad state)
-    with pytest.raises(Exception):  # noqa: B017, PT011
-        await postgis_store.insert_positions([fix(2)])
-    assert await postgis_store.insert_positions([fix(2)]) == 1
-    assert len(await points(postgis_url)) == 3
-    started = time.monotonic()
-    await postgis_store.close()  # the kept connection goes back first: no waiting for it
-    assert time.monotonic() - started < postgis.CLOSE_TIMEOUT_S / 2

@@ -22,7 +22,6 @@ creates it again. It also rebuilds a closed month's indexes once
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import heapq
 import struct
@@ -186,11 +185,6 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
         # (year, month) of the partitions known to exist: each is created once.
         self._partitions: set[tuple[int, int]] = set()
         self._deduplicate_until = 0.0  # time.monotonic(): until then, no COPY straight in
-        # Connections that inserted positions, kept for the next batch instead of
-        # going back to the pool: a release resets the session, a round trip and
-        # about 100 us of CPU per batch, which small batches at a steady rate felt.
-        # Inserts leave nothing on a session (the partition lock is the transaction's).
-        self._inserters: list[PoolConnectionProxy[asyncpg.Record]] = []
 
     async def open(self) -> None:
         self._pool_or_none = await asyncpg.create_pool(
@@ -207,15 +201,8 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
     async def close(self) -> None:
         if self._pool_or_none is not None:
             pool, self._pool_or_none = self._pool_or_none, None
-            inserters, self._inserters = self._inserters, []
-
-            async def close_pool() -> None:
-                for conn in inserters:  # the pool closes only once all are back
-                    await pool.release(conn)
-                await pool.close()
-
             try:
-                await asyncio.wait_for(close_pool(), CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT_S)
             except TimeoutError:  # a server that does not answer: do not wait for it
                 pool.terminate()
 
@@ -386,41 +373,29 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
         return _row_count(status)
 
     async def _insert(self, records: list[tuple[Any, ...]], months: set[tuple[int, int]]) -> str:
-        pool = self._pool
-        conn = self._inserters.pop() if self._inserters else await pool.acquire()
-        try:
-            if months:
-                async with conn.transaction():
-                    await _create_partitions(conn, months)
-            status = None
-            if time.monotonic() >= self._deduplicate_until:
-                try:
-                    status = await conn.copy_records_to_table(
-                        "positions", records=records, columns=POSITION_COLUMNS
-                    )
-                except asyncpg.UniqueViolationError:  # a resend: nothing of it was stored
-                    self._deduplicate_until = time.monotonic() + DEDUPLICATE_FOR_S
-            if status is None:
+        async with self._pool.acquire() as conn:
+            try:
+                if months:
+                    async with conn.transaction():
+                        await _create_partitions(conn, months)
+                if time.monotonic() >= self._deduplicate_until:
+                    try:
+                        return await conn.copy_records_to_table(
+                            "positions", records=records, columns=POSITION_COLUMNS
+                        )
+                    except asyncpg.UniqueViolationError:  # a resend: nothing of it was stored
+                        self._deduplicate_until = time.monotonic() + DEDUPLICATE_FOR_S
                 async with conn.transaction():
                     await conn.copy_records_to_table(
                         "positions_staging", records=records, columns=POSITION_COLUMNS
                     )
-                    status = await conn.execute(INSERT_FROM_STAGING)
-        except BaseException as exc:
-            # A connection the server closed went back to the pool by itself (asyncpg
-            # detaches it: both calls below would refuse it, and need not run).
-            with contextlib.suppress(asyncpg.InterfaceError):
+                    return await conn.execute(INSERT_FROM_STAGING)
+            except BaseException as exc:
                 if _connection_broken(exc):
                     # never handed out again: the pool connects afresh on a later acquire
                     # (resetting it on release could wait forever on a dead server)
                     conn.terminate()
-                await pool.release(conn)
-            raise
-        if pool is self._pool_or_none:
-            self._inserters.append(conn)
-        else:  # closed meanwhile
-            await pool.release(conn)
-        return status
+                raise
 
     async def track(
         self,
