@@ -7,7 +7,7 @@ tests/integration/test_store_contract.py; here, the geometry and the switch."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import asyncpg
 import pytest
@@ -93,3 +93,19 @@ async def test_a_database_without_postgis_yet_takes_batches_once_migrated(
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def test_a_batch_names_the_months_it_needs_a_partition_for() -> None:
+    store = PostgisStore("postgresql://unused")
+    store._partitions = {(2026, 11)}
+    nov = [fix(n) for n in range(3)]
+    assert store._new_months(nov) == set()
+    dec = StoredPosition("u1", "v1", "gt06", datetime(2026, 12, 1, tzinfo=UTC), T0, 1.0, 2.0)
+    assert store._new_months([*nov, dec]) == {(2026, 12)}
+    assert store._new_months([dec, *nov]) == {(2026, 12)}  # by time, not by order
+    # 01:00 on 1 December at UTC+2 is still November in UTC, as the partitions are
+    plus2 = timezone(timedelta(hours=2))
+    early = datetime(2026, 12, 1, 1, 0, tzinfo=plus2)
+    assert store._new_months([StoredPosition("u1", "v1", "gt06", early, T0, 1.0, 2.0)]) == set()
+    store._partitions = set()
+    assert store._new_months(nov) == {(2026, 11)}

@@ -352,7 +352,7 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
     async def insert_positions(self, rows: Sequence[StoredPosition]) -> int:
         if not rows:
             return 0
-        months = {_month(p.fix_time) for p in rows} - self._partitions
+        months = self._new_months(rows)
         point = EWKB_POINT.pack
         records = [
             (p.unique_id, p.vehicle_id, p.protocol, p.fix_time, p.server_time, p.lat, p.lon,
@@ -371,6 +371,15 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
             status = await self._insert(records, months)
         self._partitions |= months  # only once committed
         return _row_count(status)
+
+    def _new_months(self, rows: Sequence[StoredPosition]) -> set[tuple[int, int]]:
+        """The months of these rows without a partition known to exist. A batch
+        nearly always lies in one known month: its first and last fix tell."""
+        first = min(row.fix_time for row in rows)
+        month = _month(first)
+        if month in self._partitions and _month(max(row.fix_time for row in rows)) == month:
+            return set()
+        return {_month(row.fix_time) for row in rows} - self._partitions
 
     async def _insert(self, records: list[tuple[Any, ...]], months: set[tuple[int, int]]) -> str:
         async with self._pool.acquire() as conn:
