@@ -23,7 +23,10 @@ from .test_rules_e2e import Clock
 
 pytestmark = pytest.mark.e2e
 
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+# The server's clock, moved by the tests, starts at the real time: the store stamps
+# a vehicle's loan_state_since with the database's own clock, which no test moves.
+NOW = datetime.now(UTC).replace(microsecond=0)
+ZULU = "%Y-%m-%dT%H:%M:%SZ"  # as the API writes times
 IMEIS = {"car-a": "860000000000001", "car-b": "860000000000002"}
 
 
@@ -134,7 +137,7 @@ async def test_every_read_is_audited(world: dict[str, Any]) -> None:
         ("location.read", "car-a"),
     ]
     assert entries[0]["remote_addr"].startswith("127.0.0.1:")
-    assert entries[0]["at"] == "2026-11-29T12:00:00Z"
+    assert entries[0]["at"] == NOW.strftime(ZULU)
     by_vehicle = (await admin.get("/api/v1/audit", params={"vehicle_id": "car-b"})).json()
     assert by_vehicle["items"] == []
 
@@ -148,7 +151,7 @@ async def test_share_link_shows_one_vehicle_until_revoked(world: dict[str, Any])
     assert created.status_code == 201, created.text
     share = created.json()
     assert share["url"].endswith(f"/share/{share['token']}")
-    assert share["expires_at"] == "2026-11-29T13:00:00Z"
+    assert share["expires_at"] == (NOW + timedelta(hours=1)).strftime(ZULU)
     denied = await recovery.post("/api/v1/shares", json={"vehicle_id": "car-b"})
     assert denied.status_code == 403
 
