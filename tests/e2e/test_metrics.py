@@ -59,6 +59,10 @@ async def test_a_units_positions_show_in_metrics(
     assert await asyncio.wait_for(reader.read(100), 5) == b""  # closed
     writer.close()
     server.stats["something_new.x"] += 3
+    for _ in range(100):  # the rules take committed rows at their next tick
+        if server.stats["rule_evaluations"]:
+            break
+        await asyncio.sleep(0.01)
 
     samples = await scrape(api)
     assert value(samples, "tracker_positions_in_total") == 1
