@@ -16,7 +16,7 @@ from tracker import ingest
 from tracker.aio import cancel_all
 from tracker.cache import LatestState
 from tracker.filters import stored_row
-from tracker.ingest import RULES_AT_ONCE, RULES_TICK_S, Pipeline, StoreUnavailable
+from tracker.ingest import RULES_AT_ONCE, Pipeline, StoreUnavailable
 from tracker.live import Hub
 from tracker.store import Store, StoredPosition, Unit
 from tracker.store.sqlite import SqliteStore
@@ -101,7 +101,10 @@ class Recorder:
         pass
 
 
-async def test_a_batch_is_acknowledged_before_the_rules_take_it(pipeline: Pipeline) -> None:
+async def test_a_batch_is_acknowledged_before_the_rules_take_it(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ingest, "RULES_TICK_S", 0.5)  # no tick before the first look
     order: list[str] = []
     pipeline.observer = Recorder(order)
     watcher = pipeline._hub.subscribe(None)
@@ -111,21 +114,22 @@ async def test_a_batch_is_acknowledged_before_the_rules_take_it(pipeline: Pipeli
     assert pipeline.accept(UNIT, "gt06", fix(2)) is None  # the cache has the batch already
     await asyncio.sleep(0)
     assert order == ["acked, 3 published"]  # a small batch waits for the rules' tick
-    await asyncio.sleep(RULES_TICK_S * 2)
+    await asyncio.sleep(0.6)
     assert order == ["acked, 3 published", "rules saw 3"]
     pipeline._hub.flush()
     assert watcher.pending == 1  # the newest of the unit, queued for a subscriber without a sink
 
 
 async def test_small_batches_reach_the_rules_together_in_commit_order(
-    pipeline: Pipeline,
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(ingest, "RULES_TICK_S", 0.5)  # three commits fit in it, however slow
     recorder = Recorder([])
     pipeline.observer = recorder
     for first in (0, 3, 6):  # three commits, one after the other, within a tick
         await pipeline.commit([r for n in range(first, first + 3) if (r := accepted(pipeline, n))])
     assert pipeline.stats["batches"] == 3
-    await asyncio.sleep(RULES_TICK_S * 2)
+    await asyncio.sleep(0.6)
     assert recorder.calls == [[NOW + timedelta(seconds=n) for n in range(9)]]
 
 
