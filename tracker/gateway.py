@@ -90,9 +90,14 @@ class Session:
         now = self._pipeline.clock() if messages else None
         positions = 0
         for message in messages:
+            # A connection belongs to the unit that identified itself first: a message
+            # (or a second login) naming another unit is dropped, never stored under
+            # either of them.
             unit = self.unit
-            if unit is None or message.unique_id not in (None, unit.unique_id):
-                unit = await self._unit_for(message)  # not bound yet, or another unit
+            if unit is None:
+                unit = await self._unit_for(message)
+            elif message.unique_id not in (None, unit.unique_id):
+                unit = None
             if unit is None:
                 if self.refused:
                     break
@@ -116,12 +121,9 @@ class Session:
         return replies
 
     async def _unit_for(self, message: Message) -> Unit | None:
-        """The unit this message speaks for. A connection belongs to the unit
-        that identified itself first: a message (or a second login) naming
-        another unit is dropped, never stored under either of them."""
+        """The unit that this message, on a connection no unit has bound yet,
+        identifies and binds (None: it names none, or one refused)."""
         unique_id = message.unique_id
-        if self.unit is not None:
-            return self.unit if unique_id in (None, self.unit.unique_id) else None
         if unique_id is not None:
             unit = self._registry.unit_for(unique_id)
             if unit is None:
