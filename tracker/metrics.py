@@ -5,14 +5,16 @@ Most numbers already live in the server's ``stats`` Counter under dotted keys
 ``Metrics.collect`` turns them into labelled counter families at scrape time
 by the ``COUNTERS`` table; a key it does not know is still exported, as
 ``tracker_counter_total{name="<key>"}``. Latencies are real histograms, fed by
-the hooks ``Pipeline.on_batch`` and ``Gateway.on_ack``. Gauges (open
-connections, live subscribers, store health, held rows) are read when scraped.
+the hooks ``Pipeline.on_batch`` and ``Gateway.on_ack``, and by ``LoopLag``,
+which times the event loop itself. Gauges (open connections, live subscribers,
+store health, held rows) are read when scraped.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, NamedTuple
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_ROWS_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+LOOP_LAG_EVERY_S = 0.1
 
 
 class Family(NamedTuple):
@@ -174,6 +177,13 @@ class Metrics(Collector):
             registry=self.registry,
         )
         self._ack_children: dict[str, Histogram] = {}
+        self.loop_lag_seconds = Histogram(
+            "tracker_event_loop_lag_seconds",
+            f"how late the event loop ran a timer due every {LOOP_LAG_EVERY_S:g} s",
+            buckets=LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self.loop_lag = LoopLag(self.loop_lag_seconds.observe)
         self.registry.register(self)
         server.pipeline.on_batch = self.on_batch
         for gateway in server.gateways:
@@ -221,3 +231,36 @@ class Metrics(Collector):
             "positions received and not yet committed (held while the store is away)",
             server.pipeline.pending_rows,
         )
+
+
+class LoopLag:
+    """Times the event loop: how late it runs a timer due every ``every_s``.
+
+    One process serves every unit, so a loop that runs late holds up every read,
+    acknowledgement and live frame by as much; this is the server's own queue,
+    apart from the store's (``tracker_batch_commit_seconds``). A lag that grows
+    with the load means the process is short of CPU."""
+
+    def __init__(self, observe: Callable[[float], None], every_s: float = LOOP_LAG_EVERY_S) -> None:
+        self._observe = observe
+        self.every_s = every_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    def start(self) -> None:
+        if self._timer is None:
+            self._arm(asyncio.get_running_loop())
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + self.every_s
+        self._timer = loop.call_at(self._due, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        # the loop may run a timer up to its clock resolution early: that is no lag
+        self._observe(max(0.0, loop.time() - self._due))
+        self._arm(loop)

@@ -204,6 +204,7 @@ class Server:
         self.ports["http"] = await self._start_http(
             "http", create_app(self), self.settings.http_host, self.settings.http_port
         )
+        self.metrics.loop_lag.start()
 
     async def _load(self) -> None:
         """Registry, latest-state cache, fences, open alerts and silence deadlines
@@ -285,6 +286,7 @@ class Server:
         """
         if not self.ports:
             return  # not started, or stopped already
+        self.metrics.loop_lag.stop()
         loop = asyncio.get_running_loop()
         grace_s = self.settings.shutdown_grace_s
         flush_by = loop.time() + grace_s - min(1.0, grace_s / 4)  # a moment kept for closing

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import httpx
 import pytest
@@ -93,6 +94,22 @@ async def test_a_units_positions_show_in_metrics(
     ours = [r for r in caplog.records if r.name.startswith(("tracker", "uvicorn"))]
     assert ours  # the refused garbage connection, at least
     assert not [r for r in ours if ADMIN_KEY in r.getMessage() or ADMIN_KEY in str(r.__dict__)]
+
+
+async def test_a_busy_event_loop_shows_as_lag(server: Server, api: httpx.AsyncClient) -> None:
+    def over_100ms(samples: Samples) -> float:
+        within = value(samples, "tracker_event_loop_lag_seconds_bucket", le="0.1")
+        return value(samples, "tracker_event_loop_lag_seconds_count") - within
+
+    before = await scrape(api)
+    time.sleep(0.4)  # noqa: ASYNC251  # the server shares this loop: all of it waits
+    for _ in range(50):
+        after = await scrape(api)
+        if over_100ms(after) > over_100ms(before):
+            break
+        await asyncio.sleep(0.02)
+    assert over_100ms(after) == over_100ms(before) + 1
+    assert value(after, "tracker_event_loop_lag_seconds_sum") >= 0.25
 
 
 async def test_store_up_follows_the_pipeline(

@@ -1,7 +1,10 @@
-"""Stats keys to Prometheus families: the table, and the catch-all for new keys."""
+"""Stats keys to Prometheus families: the table, and the catch-all for new keys;
+the event loop's lag."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from collections.abc import Iterable
 
@@ -11,7 +14,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
-from tracker.metrics import OTHER, counters, family_of
+from tracker.metrics import OTHER, LoopLag, counters, family_of
 
 
 @pytest.mark.parametrize(
@@ -69,3 +72,21 @@ def test_counters_render_as_valid_exposition() -> None:
     }
     [other] = [s for s in families["tracker_counter"].samples if s.name.endswith("_total")]
     assert (other.labels, other.value) == ({"name": "odd key"}, 4)
+
+
+async def test_loop_lag_times_a_blocked_loop_and_stops() -> None:
+    lags: list[float] = []
+    watch = LoopLag(lags.append, every_s=0.02)
+    watch.start()
+    await asyncio.sleep(0.1)  # an idle loop runs the timer on time
+    assert lags
+    assert min(lags) < 0.01
+    seen = len(lags)
+    time.sleep(0.2)  # noqa: ASYNC251  # a busy loop: the timer due meanwhile runs late
+    await asyncio.sleep(0.01)
+    assert len(lags) > seen
+    assert 0.15 < lags[seen] < 0.5
+    watch.stop()
+    stopped = len(lags)
+    await asyncio.sleep(0.1)
+    assert len(lags) == stopped
