@@ -22,7 +22,10 @@ The load generator is ``bench.load`` (one ``asyncio.Protocol`` per unit, no
 task per unit). Each run also reports the CPU time per position spent by the
 server process, by PostgreSQL and by the generator: on two shared cores the
 ceiling is roughly 2 s / (their sum), whatever else the machine is doing.
-The benchmark fails if any acknowledged position is not in the store.
+The two tracker runs also say, from the server's own histograms
+(``bench.server_metrics``), how late its event loop ran and how long the
+store took to commit a batch: where the ack latency went. The benchmark
+fails if any acknowledged position is not in the store.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.live_reader import LiveReader
 from bench.load import PROTOCOLS, Run, Unit
 from bench.report import Figure, print_table
+from bench.server_metrics import describe, scrape
 from bench.stages import print_summary
 from tracker.settings import GatewaySettings, ProtocolSettings, Settings
 from tracker.store import GeofenceRecord, StoredPosition
@@ -249,6 +253,7 @@ class Result:
 
     live_messages: int = 0
     skipped: int = 0
+    server_metrics: str = ""  # the server's loop lag and commit time over the run
 
     @property
     def rate(self) -> float:
@@ -294,7 +299,9 @@ async def _load(
 
     sampler = asyncio.create_task(sample_rss())
     live_before = sum(live.messages for live in lives)
+    histograms = await scrape(servers[0]["http"])
     result.sent, result.acked, result.acked_in_time, result.seconds = await run.drive(seconds)
+    result.server_metrics = describe(histograms, await scrape(servers[0]["http"]))
     result.live_messages = sum(live.messages for live in lives) - live_before
     after = (_cpu_s(server_pids), _cpu_s(_postgres_pids(pg_dir)), resource.getrusage(0))
     per = 1e6 / max(result.acked, 1)
@@ -422,6 +429,8 @@ def run(argv: list[str]) -> list[Figure]:
         )
     if args.profile and not args.profile.endswith(".svg"):
         print_summary(Path(args.profile), fast.cpu_us["server"])
+    for r in (fast, paced):
+        print(f"{r.name}: {r.server_metrics}{' (server 1)' if args.servers > 1 else ''}")
     if paced.skipped:
         print(f"paced: {paced.skipped} bursts not sent (their unit had a full window unacked)")
     for error in errors:

@@ -26,13 +26,14 @@ delivered per second (all subscribers together), unit-to-subscriber latency
 (the unit's send time of each fix against the time a probe read it), split at
 the unit's acknowledgement into the ingest part (read, store, commit) and the
 fan-out part, coalesced and dropped messages, and how the send backlog moved;
-the summary line adds bytes per message on the wire and CPU seconds per
-process. It fails (exit 1) when the hub lost track of a message: for the
-tracker run, every published message must be sent to every subscriber or
-counted as coalesced or dropped, the subscribers must have read at least the
-bytes the hub wrote, and each probe must have read every unit's fixes in
-order, including the newest, missing some only when the server counted
-coalescing. The naive run is not checked: it never catches up.
+the summary line adds bytes per message on the wire, CPU seconds per
+process, and from the server's own histograms how late its event loop ran and
+how long the store took to commit a batch. It fails (exit 1) when the hub
+lost track of a message: for the tracker run, every published message must be
+sent to every subscriber or counted as coalesced or dropped, the subscribers
+must have read at least the bytes the hub wrote, and each probe must have read
+every unit's fixes in order, including the newest, missing some only when the
+server counted coalescing. The naive run is not checked: it never catches up.
 
 Targets (issue 6): 10,000 positions/s with 1,000 subscribers, p99
 unit-to-subscriber <= 200 ms, no backlog growth. The row "messages/s
@@ -64,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.live_clients import FIRST_IMEI, imei, subscribers, units
 from bench.live_server import Sample, serve
 from bench.report import Figure, print_table
+from bench.server_metrics import describe, scrape
 from tracker.store import Unit
 from tracker.store.postgis import PostgisStore
 
@@ -110,6 +112,7 @@ class Result:
     fan_ms: list[float] = field(default_factory=list)  # from the ack to the subscriber
     max_pending_rows: int = 0  # positions read but not yet committed, at most
     cpu_s: dict[str, float] = field(default_factory=dict)
+    server_metrics: str = ""  # the server's loop lag and commit time over the load
     backlog_growth_mb: float = float("nan")
     shed_per_s: float = float("nan")  # coalesced + dropped, second half of the load
     max_backlog_mb: float = float("nan")
@@ -183,9 +186,11 @@ def run_one(name: str, url: str, naive: bool, seconds: float, args: argparse.Nam
         children[-1].start()
         _receive(generator, 300, "units logged in")
         before = _ask(control, "stats")
+        histograms = asyncio.run(scrape(ports["http"]))
         generator.send("go")
         started = time.monotonic()
         load = _receive(generator, seconds + 120, "load")
+        result.server_metrics = describe(histograms, asyncio.run(scrape(ports["http"])))
         result.acked, result.load_s = sum(map(len, load["acked_at"])), load["seconds"]
         last_ack = max((times[-1] for times in load["acked_at"] if times), default=started)
         result.acked_s = max(result.load_s, last_ack - load["started"])
@@ -426,7 +431,9 @@ def _summary(r: Result) -> str:
         f" {_quantile(r.read_ms, 50):.0f} ms p99 {_quantile(r.read_ms, 99):.0f} ms,"
         f" until acked p50 {_quantile(r.ack_ms, 50):.0f} ms p99 {_quantile(r.ack_ms, 99):.0f} ms"
         f" (at most {r.max_pending_rows:,} rows waiting to commit);"
-        f" CPU s: " + ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_s.items())
+        f" CPU s: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r.cpu_s.items())
+        + f"; {r.server_metrics}"
     )
 
 
