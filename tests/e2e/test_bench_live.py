@@ -4,6 +4,7 @@ and its correctness checks pass: every message sent, coalesced or dropped."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -28,4 +29,5 @@ def test_live_benchmark_delivers_everything_it_published(postgis_url: str) -> No
     assert "live messages/s delivered, 6 subscribers to every vehicle" in out
     assert "unit-to-subscriber latency p99" in out
     assert "tracker: 200 published, 1,200 sent, 0 coalesced" in out
+    assert re.search(r"; event loop late p50 ~\d+\.\d ms, p99 ~\d+\.\d ms; batch commit", out)
     assert "ERROR" not in out

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+
+from bench.server_metrics import quantile_ms
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +48,23 @@ def test_ingest_benchmark_stores_what_it_acknowledged(postgis_url: str) -> None:
         acked = int(rows[run][1].replace(",", ""))
         assert acked > 0, out
     assert "ingest, positions/s stored + acked (3-protocol mix)" in out
+    for run in ("tracker", "paced"):  # the server's own histograms over each run
+        numbers = r"p50 ~\d+\.\d ms, p99 ~\d+\.\d ms"
+        line = rf"^{run}: event loop late {numbers}; batch commit {numbers} "
+        assert re.search(line, out, re.MULTILINE), out
     assert "ERROR" not in out
+
+
+def test_server_metrics_quantiles_come_from_the_runs_own_observations() -> None:
+    name = "tracker_batch_commit_seconds"
+    before = {name: [(0.01, 5.0), (0.1, 5.0), (1.0, 5.0), (math.inf, 5.0)]}
+    # the run: 90 commits under 10 ms, 10 between 10 and 100 ms
+    after = {name: [(0.01, 95.0), (0.1, 105.0), (1.0, 105.0), (math.inf, 105.0)]}
+    assert quantile_ms(before, after, name, 0.5) == pytest.approx(10 * 50 / 90)
+    assert quantile_ms(before, after, name, 0.99) == pytest.approx(10 + 90 * 9 / 10)
+    assert math.isnan(quantile_ms(after, after, name, 0.99))  # nothing observed between
+    beyond = {name: [(0.01, 5.0), (0.1, 5.0), (1.0, 5.0), (math.inf, 6.0)]}
+    assert quantile_ms(before, beyond, name, 0.99) == 1000  # past the last bound: that bound
 
 
 @pytest.mark.postgis
