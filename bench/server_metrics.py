@@ -14,24 +14,21 @@ import math
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.http_client import HttpConnection
+
 Scrape = dict[str, list[tuple[float, float]]]  # histogram -> (upper bound, cumulative count)
 HISTOGRAMS = ("tracker_event_loop_lag_seconds", "tracker_batch_commit_seconds")
 
 
-async def scrape(port: int, host: str = "127.0.0.1") -> Scrape:
+async def scrape(port: int) -> Scrape:
     """The server's histograms (unlabelled ones) by name."""
-    reader, writer = await asyncio.open_connection(host, port)
+    client = HttpConnection(port)
     try:
-        writer.write(
-            f"GET /metrics HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
-        )
-        response = await asyncio.wait_for(reader.read(), 30)
+        status, body = await asyncio.wait_for(client.get("/metrics"), 30)
     finally:
-        writer.close()
-    head, _, body = response.partition(b"\r\n\r\n")  # a Content-Length body, then EOF
-    status = head.split(b"\r\n", 1)[0].decode()
-    if " 200 " not in status:
-        raise RuntimeError(f"GET /metrics: {status}")
+        client.close()
+    if status != 200:
+        raise RuntimeError(f"GET /metrics: HTTP {status}")
     found: Scrape = {}
     for family in text_string_to_metric_families(body.decode()):
         if family.name in HISTOGRAMS:

@@ -41,13 +41,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
 
 import asyncpg
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.http_client import HttpConnection
 from bench.report import Figure, print_table
 from bench.track_data import (
     DAY_FIXES,
@@ -212,38 +212,6 @@ def _serve(url: str, naive: bool, ports: Any, stop: Any) -> None:
         await server.stop()
 
     asyncio.run(main())
-
-
-class HttpConnection:
-    """One keep-alive HTTP/1.1 connection that GETs and reads exactly the body.
-
-    A day's answer is about 2 MB, and httpx taking it in (Python parsing HTTP
-    on the cores the server runs on) added about 5 ms to the p50 and 15 to the
-    p99 on the same data: it timed the client as much as the server (bench.rest
-    uses a minimal client for the same reason). This reads the status line and
-    headers, then Content-Length bytes with one ``readexactly``."""
-
-    def __init__(self, port: int, headers: dict[str, str]) -> None:
-        self.port = port
-        self.headers = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-
-    async def get(self, path: str, params: dict[str, str | int]) -> tuple[int, bytes]:
-        if self._streams is None:
-            self._streams = await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
-        reader, writer = self._streams
-        target = f"{path}?{urlencode(params)}"
-        writer.write(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n{self.headers}\r\n".encode())
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-        status = int(head[0].split()[1])
-        fields = dict(line.lower().split(": ", 1) for line in head[1:] if line)
-        if "content-length" not in fields:
-            raise WrongTrack(f"GET {target}: no Content-Length in {fields}")
-        return status, await reader.readexactly(int(fields["content-length"]))
-
-    def close(self) -> None:
-        if self._streams is not None:
-            self._streams[1].close()
 
 
 def rest_reader(client: HttpConnection) -> Timed:
