@@ -162,6 +162,17 @@ async def _prepare(database_url: str, units: list[Unit], fences: int) -> None:
         await store.close()
 
 
+async def _wal(database_url: str) -> tuple[int, int]:
+    """The cluster's WAL bytes and full-page images so far (PostgreSQL 14+)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT wal_bytes::bigint, wal_fpi FROM pg_stat_wal")
+    finally:
+        await conn.close()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 async def _count_and_clear(database_url: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
@@ -254,6 +265,7 @@ class Result:
     live_messages: int = 0
     skipped: int = 0
     server_metrics: str = ""  # the server's loop lag and commit time over the run
+    wal: tuple[int, int] = (0, 0)  # WAL bytes and full-page images written over the run
 
     @property
     def rate(self) -> float:
@@ -266,8 +278,8 @@ class Result:
 
 
 async def _load(
-    name: str, servers: list[dict[str, int]], units: list[Unit], args: argparse.Namespace,
-    seconds: float, rate: float | None, pg_dir: Path | None,
+    name: str, url: str, servers: list[dict[str, int]], units: list[Unit],
+    args: argparse.Namespace, seconds: float, rate: float | None, pg_dir: Path | None,
 ) -> Result:  # fmt: skip
     """One run against ``servers`` (the ports of each server process): with more
     than one, each protocol's units are dealt out between them in turn, and each
@@ -300,8 +312,11 @@ async def _load(
     sampler = asyncio.create_task(sample_rss())
     live_before = sum(live.messages for live in lives)
     histograms = await scrape(servers[0]["http"])
+    wal_before = await _wal(url)
     result.sent, result.acked, result.acked_in_time, result.seconds = await run.drive(seconds)
     result.server_metrics = describe(histograms, await scrape(servers[0]["http"]))
+    wal_after = await _wal(url)
+    result.wal = (wal_after[0] - wal_before[0], wal_after[1] - wal_before[1])
     result.live_messages = sum(live.messages for live in lives) - live_before
     after = (_cpu_s(server_pids), _cpu_s(_postgres_pids(pg_dir)), resource.getrusage(0))
     per = 1e6 / max(result.acked, 1)
@@ -337,7 +352,7 @@ def run_one(
         child.start()
     try:
         found = [ports.get(timeout=120) for _ in children]
-        result = asyncio.run(_load(name, found, units, args, seconds, rate, pg_dir))
+        result = asyncio.run(_load(name, url, found, units, args, seconds, rate, pg_dir))
     finally:
         stop.set()
         for child in children:
@@ -373,14 +388,28 @@ def run(argv: list[str]) -> list[Figure]:
         " multi-process server: they share no state)",
     )
     parser.add_argument("--profile", metavar="FILE", help="py-spy the server's fast run into FILE")
+    parser.add_argument(
+        "--pg",
+        metavar="SETTING=VALUE",
+        action="append",
+        default=[],
+        help="a postgresql.conf line for the PostgreSQL the benchmark starts (repeatable), "
+        "e.g. --pg wal_compression=lz4",
+    )
     args = parser.parse_args(argv)
     if args.profile and _py_spy_path() is None:
         parser.error("--profile needs py-spy: pip install py-spy")
+    settings = dict(setting.partition("=")[::2] for setting in args.pg)
+    if any(not key or not value for key, value in settings.items()):
+        parser.error("--pg takes SETTING=VALUE")
 
     from tests.pgserver import PgServer
 
     url = os.environ.get("TRACKER_BENCH_DATABASE_URL")
-    pg = None if url else PgServer()
+    if url and settings:
+        parser.error("--pg sets up the PostgreSQL the benchmark starts, not the one at "
+                     "TRACKER_BENCH_DATABASE_URL")  # fmt: skip
+    pg = None if url else PgServer(settings=settings)
     units = _units(args.units)
     try:
         if pg is not None:
@@ -431,6 +460,11 @@ def run(argv: list[str]) -> list[Figure]:
         print_summary(Path(args.profile), fast.cpu_us["server"])
     for r in (fast, paced):
         print(f"{r.name}: {r.server_metrics}{' (server 1)' if args.servers > 1 else ''}")
+    for r in (fast, paced):
+        print(
+            f"{r.name}: PostgreSQL wrote {r.wal[0] / max(r.acked, 1):,.0f} bytes of WAL and "
+            f"{r.wal[1] / max(r.acked, 1):.2f} full-page images a position"
+        )
     if paced.skipped:
         print(f"paced: {paced.skipped} bursts not sent (their unit had a full window unacked)")
     for error in errors:

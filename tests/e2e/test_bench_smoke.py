@@ -52,7 +52,34 @@ def test_ingest_benchmark_stores_what_it_acknowledged(postgis_url: str) -> None:
         numbers = r"p50 ~\d+\.\d ms, p99 ~\d+\.\d ms"
         line = rf"^{run}: event loop late {numbers}; batch commit {numbers} "
         assert re.search(line, out, re.MULTILINE), out
+        wal = rf"^{run}: PostgreSQL wrote ([\d,]+) bytes of WAL and \d+\.\d\d full-page images"
+        found = re.search(wal, out, re.MULTILINE)
+        assert found, out
+        assert int(found[1].replace(",", "")) > 100, out  # a stored row's worth
     assert "ERROR" not in out
+
+
+@pytest.mark.postgis
+def test_ingest_benchmark_sets_up_only_the_postgresql_it_starts(postgis_url: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--pg", "wal_compression=lz4"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TRACKER_BENCH_DATABASE_URL": postgis_url},
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--pg sets up the PostgreSQL the benchmark starts" in result.stderr
+    malformed = subprocess.run(
+        [sys.executable, "-m", "bench.ingest", "--pg", "wal_compression"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert malformed.returncode == 2
+    assert "--pg takes SETTING=VALUE" in malformed.stderr
 
 
 def test_server_metrics_quantiles_come_from_the_runs_own_observations() -> None:
