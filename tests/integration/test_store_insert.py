@@ -46,25 +46,6 @@ async def test_a_batch_goes_straight_in_with_its_point(
     assert await points(postgis_url) == [(-180.0, -89.999999, 4326), (179.123456789, 90.0, 4326)]
 
 
-async def test_a_batchs_connection_goes_back_to_the_pool_without_a_round_trip(
-    postgis_store: PostgisStore, postgis_url: str
-) -> None:
-    # asyncpg's default reset would send RESET ALL & co. on every release: a round
-    # trip each batch's acks (and each REST answer) would wait for
-    assert await postgis_store.insert_positions([fix(0), fix(1)]) == 2
-    conn = await asyncpg.connect(postgis_url)
-    try:
-        last = await conn.fetch(
-            "SELECT query FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-    finally:
-        await conn.close()
-    queries = [r["query"] for r in last]
-    assert any(q.startswith('COPY "positions"') for q in queries), queries
-    assert not any("RESET ALL" in q for q in queries), queries
-
-
 async def test_a_resend_goes_through_staging_and_so_do_the_batches_after_it(
     postgis_store: PostgisStore, postgis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -188,11 +188,7 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
 
     async def open(self) -> None:
         self._pool_or_none = await asyncpg.create_pool(
-            self._url,
-            min_size=self._min_size,
-            max_size=self._max_size,
-            init=_init_connection,
-            reset=_keep_session,
+            self._url, min_size=self._min_size, max_size=self._max_size, init=_init_connection
         )
         try:
             if await self.migrate():  # connected before PostGIS was in: init them again
@@ -517,18 +513,6 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
         # this rare admin job would use it): the delete scans every partition.
         status = await self._pool.execute("DELETE FROM positions WHERE vehicle_id = $1", vehicle_id)
         return _row_count(status)
-
-
-async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
-    """Hand a connection back to the pool as it is. asyncpg's default reset sends
-    ``RESET ALL``, ``UNLISTEN *``, ``CLOSE ALL`` and ``pg_advisory_unlock_all()``
-    on every release: a round trip to PostgreSQL that each batch's acks and each
-    REST answer would wait for, through a busy event loop. Nothing here leaves
-    such state on a connection: SET and advisory locks are LOCAL or
-    transaction-scoped but for the one session lock of the index rebuild, which
-    is released in a finally (or the connection terminated); nothing LISTENs or
-    declares a cursor outside a transaction. asyncpg still rolls back a
-    transaction left open before this is called."""
 
 
 async def _init_connection(conn: asyncpg.Connection[asyncpg.Record]) -> None:

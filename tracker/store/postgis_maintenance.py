@@ -33,7 +33,7 @@ async def reindex_closed_month(pool: asyncpg.Pool[asyncpg.Record], now: datetime
     ``GRACE`` before ``now`` and that was not rebuilt since; return its name, or
     None when none is due (or another server holds the lock)."""
     async with pool.acquire() as conn:
-        # a session lock: REINDEX CONCURRENTLY cannot run in a transaction
+        # released with the connection too: the pool's reset unlocks everything
         if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", REINDEX_LOCK):
             return None
         try:
@@ -55,10 +55,4 @@ async def reindex_closed_month(pool: asyncpg.Pool[asyncpg.Record], now: datetime
                 return name
             return None
         finally:
-            try:
-                await conn.execute("SELECT pg_advisory_unlock($1)", REINDEX_LOCK)
-            except BaseException:
-                # (cancelled mid-rebuild, the connection still busy): the pool does not
-                # reset sessions, so end this one, and the lock with it
-                conn.terminate()
-                raise
+            await conn.execute("SELECT pg_advisory_unlock($1)", REINDEX_LOCK)
