@@ -6,6 +6,7 @@ tests/tracker/test_settings.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -92,6 +93,50 @@ async def test_an_interrupted_rebuilds_invalid_index_is_dropped_first(
         assert await conn.fetchval(invalid) == 0
     finally:
         await conn.close()
+
+
+@pytest.mark.postgis
+async def test_a_cancelled_rebuild_leaves_no_lock_behind(
+    store: PostgisStore, postgis_url: str
+) -> None:
+    # The rebuild's advisory lock is a session's (REINDEX CONCURRENTLY runs in no
+    # transaction), and its connection goes back to the pool: cut short
+    # mid-REINDEX, the rebuild must not keep it.
+    blocker = await asyncpg.connect(postgis_url)
+    conn = await asyncpg.connect(postgis_url)
+    advisory = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    try:
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE positions_y2026m09 IN EXCLUSIVE MODE")
+        rebuild = asyncio.create_task(
+            store.reindex_closed_month(datetime(2026, 10, 15, tzinfo=UTC))
+        )
+        for _ in range(200):  # until the REINDEX waits on the table lock
+            if await conn.fetchval(advisory) and await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'REINDEX%'"
+                " AND wait_event_type = 'Lock'"
+            ):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("the rebuild never waited on the lock")
+        rebuild.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await rebuild
+        await blocking.rollback()
+        for _ in range(200):  # the unlock may land a moment after the cancel
+            if not await conn.fetchval(advisory):
+                break
+            await asyncio.sleep(0.02)
+        assert await conn.fetchval(advisory) == 0
+    finally:
+        await blocker.close()
+        await conn.close()
+    # and the next call (this process's, or another server's) can take it
+    assert await store.reindex_closed_month(datetime(2026, 10, 15, tzinfo=UTC)) == (
+        "positions_y2026m09"
+    )
 
 
 async def test_sqlite_has_nothing_to_rebuild(tmp_path: Path) -> None:
