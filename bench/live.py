@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.live_clients import FIRST_IMEI, imei, subscribers, units
 from bench.live_server import Sample, serve
 from bench.report import Figure, print_table
-from bench.server_metrics import describe, scrape
+from bench.server_metrics import SCRAPE_TIMEOUT_S, describe, scrape
 from tracker.store import Unit
 from tracker.store.postgis import PostgisStore
 
@@ -196,7 +196,7 @@ def run_one(name: str, url: str, naive: bool, seconds: float, args: argparse.Nam
             if not naive:
                 raise
             # the baseline's loop can be that far behind its subscribers' sends
-            result.server_metrics = "no answer from /metrics within 30 s"
+            result.server_metrics = f"no answer from /metrics within {SCRAPE_TIMEOUT_S:.0f} s"
         result.acked, result.load_s = sum(map(len, load["acked_at"])), load["seconds"]
         last_ack = max((times[-1] for times in load["acked_at"] if times), default=started)
         result.acked_s = max(result.load_s, last_ack - load["started"])

@@ -18,13 +18,14 @@ from bench.http_client import HttpConnection
 
 Scrape = dict[str, list[tuple[float, float]]]  # histogram -> (upper bound, cumulative count)
 HISTOGRAMS = ("tracker_event_loop_lag_seconds", "tracker_batch_commit_seconds")
+SCRAPE_TIMEOUT_S = 30.0
 
 
 async def scrape(port: int) -> Scrape:
     """The server's histograms (unlabelled ones) by name."""
     client = HttpConnection(port)
     try:
-        status, body = await asyncio.wait_for(client.get("/metrics"), 30)
+        status, body = await asyncio.wait_for(client.get("/metrics"), SCRAPE_TIMEOUT_S)
     finally:
         client.close()
     if status != 200:
