@@ -50,6 +50,8 @@ ALIASES = {"batt": "battery_pct", "charge": "charging"}
 _UNIX = re.compile(r"([0-9]+)(?:\.([0-9]+))?")
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}")
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+UNIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # as the REST API registers units
+MAX_DEPTH = 16  # nesting of a JSON body: Traccar Client sends 3
 
 
 class OsmandError(ValueError):
@@ -115,6 +117,7 @@ def decode_form(
     unique_id = (fields.get("id") or fields.get("deviceid") or "").strip()
     if not unique_id:
         raise OsmandError("missing id: send id=<the unit's identifier> (or deviceid=)")
+    _check_id("id", unique_id)
     fix_time = _fix_time(fields.get("timestamp"), now)
     if "location" in fields and "lat" not in fields and "lon" not in fields:
         parts = fields["location"].split(",")
@@ -154,6 +157,9 @@ def decode_json(body: bytes, *, now: datetime | None = None) -> Position:
     unique_id = str(device_id).strip() if isinstance(device_id, str | int) else ""
     if not unique_id or isinstance(device_id, bool):
         raise OsmandError('missing device_id: send "device_id": "<the unit\'s identifier>"')
+    _check_id("device_id", unique_id)
+    if _deeper_than(MAX_DEPTH, document):
+        raise OsmandError(f"JSON body nests objects or arrays more than {MAX_DEPTH} deep")
     stamp = location.get("timestamp")
     fix_time = _fix_time(None if stamp is None else str(stamp), now)
     coords, battery = _object(location, "coords"), _object(location, "battery")
@@ -239,6 +245,27 @@ def _speed_kmh(speed: float | None, kmh_per_unit: float) -> float:
 
 def _course(degrees: float | None) -> float:
     return 0.0 if degrees is None or degrees < 0 else degrees % 360.0  # negative: unknown
+
+
+def _check_id(name: str, unique_id: str) -> None:
+    """The id as a unit is registered (1-64 letters, digits and ``. _ : -``):
+    anything else could never be registered, and would reach logs and lists."""
+    if UNIT_ID.fullmatch(unique_id) is None:
+        shown = unique_id if len(unique_id) <= 64 else unique_id[:64] + "..."
+        raise OsmandError(
+            f"{name} must be 1-64 letters, digits or . _ : - (the unit's identifier), got {shown!r}"
+        )
+
+
+def _deeper_than(limit: int, value: object) -> bool:
+    """Whether JSON ``value`` nests objects or arrays more than ``limit`` levels."""
+    if isinstance(value, dict):
+        children: Iterable[object] = value.values()
+    elif isinstance(value, list):
+        children = value
+    else:
+        return False
+    return limit <= 0 or any(_deeper_than(limit - 1, child) for child in children)
 
 
 def _accuracy(metres: float | None) -> float | None:

@@ -218,6 +218,9 @@ def access_routes(server: Server, visible: Callable[..., Vehicle]) -> APIRouter:
         vehicle = server.registry.vehicle(share.vehicle_id)
         if vehicle is None:
             raise HTTPException(410, "the shared vehicle no longer exists")
+        creator = await server.access.share_creator(share)
+        if (why := server.access.share_suspended(creator, vehicle)) is not None:
+            raise HTTPException(410, f"this share link is suspended: {why}")
         now = server.clock()
         history = (
             await server.store.track_rows(

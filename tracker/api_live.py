@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from collections.abc import Iterable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -71,11 +73,27 @@ class Kicks:
             event.set()
 
 
+# uvicorn logs an error for every websocket answered with an HTTP response instead
+# of a handshake ("returned without completing handshake"), though that response
+# went out: anyone could fill the error log with bad keys. The refusal marks its
+# task's context, and the filter drops that one line for it alone.
+_DENIED: ContextVar[bool] = ContextVar("live_denied", default=False)
+NO_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+def _not_a_denial(record: logging.LogRecord) -> bool:
+    return not (_DENIED.get() and record.msg == NO_HANDSHAKE)
+
+
+logging.getLogger("uvicorn.error").addFilter(_not_a_denial)
+
+
 async def _refuse(websocket: WebSocket, status: int, detail: str, code: int) -> None:
     from tracker.api import problem
 
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         await websocket.send_denial_response(problem(status, detail))
+        _DENIED.set(True)
     else:
         await websocket.close(code=code, reason=detail[:100])
 
@@ -115,9 +133,15 @@ async def serve_live(server: Server, websocket: WebSocket) -> None:
         if (why := server.access.share_state(share)) is not None:
             await _refuse(websocket, 410, f"this share link is {why}", CLOSE_GONE)
             return
+        creator = await server.access.share_creator(share)
+        if (why := _share_closed(server, share, creator)) is not None:
+            await _refuse(websocket, 410, f"this share link is suspended: {why}", CLOSE_GONE)
+            return
         await websocket.accept()
         await server.access.audit(f"share:{share.id}", "share.live", share.vehicle_id, peer)
-        await _stream(server, websocket, frozenset({share.vehicle_id}), None, share=share)
+        await _stream(
+            server, websocket, frozenset({share.vehicle_id}), None, share=share, principal=creator
+        )
         return
 
     header = websocket.headers.get("authorization", "")
@@ -130,9 +154,15 @@ async def serve_live(server: Server, websocket: WebSocket) -> None:
         return
     await websocket.accept()
     try:
-        request = orjson.loads(await websocket.receive_text())
-    except (WebSocketDisconnect, orjson.JSONDecodeError):
+        message = await websocket.receive()
+    except (WebSocketDisconnect, RuntimeError):
         return
+    if message["type"] == "websocket.disconnect":
+        return
+    try:  # text or binary, as long as it is JSON
+        request = orjson.loads(message.get("text") or message.get("bytes") or b"")
+    except orjson.JSONDecodeError:
+        request = None
     wanted = request.get("subscribe") if isinstance(request, dict) else None
     cursor = request.get("cursor") if isinstance(request, dict) else None
     if wanted == ALL:
@@ -207,6 +237,7 @@ async def _stream(
     wanted: frozenset[str] | None = None,
     share: Share | None = None,
 ) -> None:
+    """``principal``: the key's, or for a ``share`` the principal of its creator."""
     hub = server.hub
     subscriber = hub.subscribe(vehicle_ids)
     reader = asyncio.create_task(_drain(websocket))
@@ -244,7 +275,15 @@ async def _stream(
                     hub.unsubscribe(subscriber)  # no data frame after the close frame
                     await websocket.close(code=code)
                     break
-                if principal is not None and principal.role not in ("admin", "servicing"):
+                if (
+                    share is None
+                    and principal is not None
+                    and principal.role
+                    not in (
+                        "admin",
+                        "servicing",
+                    )
+                ):
                     now_allowed = _allowed(server, principal, wanted)
                     if now_allowed != vehicle_ids:  # loan state or assignment changed
                         vehicle_ids = now_allowed
@@ -264,9 +303,20 @@ def _revoked(
     if share is not None:
         if share.id in server.revoked_shares or share.expires_at <= now:
             return CLOSE_GONE
+        if _share_closed(server, share, principal) is not None:
+            return CLOSE_GONE
     elif principal is not None and principal.key_id in server.access.revoked_keys:
         return CLOSE_BAD_KEY
     return None
+
+
+def _share_closed(server: Server, share: Share, creator: Principal | None) -> str | None:
+    """Why a valid share shows nothing now: its vehicle is gone, or its creator
+    may no longer see the vehicle's positions. None while it may."""
+    vehicle = server.registry.vehicle(share.vehicle_id)
+    if vehicle is None:
+        return "the shared vehicle no longer exists"
+    return server.access.share_suspended(creator, vehicle)
 
 
 async def _drain(websocket: WebSocket) -> None:

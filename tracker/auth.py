@@ -214,6 +214,28 @@ class Access:
             return "expired"
         return None
 
+    async def share_creator(self, share: Share) -> Principal | None:
+        """Who made the link (None if that user is unknown): it shows only what
+        they may see now, so it stops when their access to the vehicle ends."""
+        if share.created_by == ADMIN:
+            return self._admin
+        user = await self._store.get_user(share.created_by)
+        return None if user is None else Principal(user.id, user.role)
+
+    def share_suspended(self, creator: Principal | None, vehicle: Vehicle) -> str | None:
+        """Why a share of this vehicle shows nothing now, or None: its creator may
+        no longer see the vehicle's positions (unassigned, or the loan state)."""
+        if creator is None:
+            return "the user who made it is unknown"
+        if not self.may_see(creator, vehicle):
+            return f"vehicle {vehicle.vehicle_id!r} is no longer assigned to whoever made it"
+        if not self.may_track(creator, vehicle):
+            return (
+                f"positions of vehicle {vehicle.vehicle_id!r} are not shown"
+                f" while its loan is {vehicle.loan_state!r}"
+            )
+        return None
+
 
 def user_view(user: User) -> dict[str, object]:
     from tracker.views import iso

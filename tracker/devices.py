@@ -8,11 +8,14 @@ round trip); an unknown unit is remembered for ``GET /api/v1/units/unknown``.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from tracker.store import LoanState, Store, Unit, UnknownSighting, Vehicle
+
+UNIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # what the REST API accepts as a unique_id
 
 
 class Registry:
@@ -98,18 +101,30 @@ class Registry:
     ) -> Unit | None:
         """An unregistered unit spoke. Register it on a vehicle of its own when
         that is switched on; otherwise record the sighting and return None."""
+        if UNIT_ID.fullmatch(unique_id) is None:
+            return None  # no unit can be registered under it: neither listed nor registered
         if self.register_unknown_units:
             async with self._lock:
                 if (unit := self._units.get(unique_id)) is not None:
                     return unit
+                vehicle_id = self._free_vehicle_id(unique_id)
                 vehicle, _ = await self._store.put_vehicle(
-                    unique_id,
+                    vehicle_id,
                     plate=None,
                     vin=None,
                     loan_ref=None,
-                    units=[Unit(unique_id, unique_id, "wired")],
+                    units=[Unit(unique_id, vehicle_id, "wired")],
                 )
                 self._remember(vehicle)
                 return self._units[unique_id]
         await self._store.record_unknown([UnknownSighting(unique_id, protocol, remote_addr, now)])
         return None
+
+    def _free_vehicle_id(self, unique_id: str) -> str:
+        """A vehicle id for a unit registering itself: its own id, unless a
+        vehicle has that id already (which must never be replaced)."""
+        candidate, n = unique_id, 1
+        while candidate in self._vehicles:
+            n += 1
+            candidate = f"{unique_id}-{n}"
+        return candidate

@@ -88,13 +88,18 @@ class Session:
         rows: list[StoredPosition] = []
         self.stats[f"messages.{self.protocol}"] += len(messages)
         now = self._pipeline.clock() if messages else None
+        if (
+            self.unit is not None
+            and (bound := self._registry.unit_for(self.unit.unique_id)) is not self.unit
+        ):
+            self._rebind(bound)  # its vehicle was replaced, or deleted, since it logged in
         positions = 0
         for message in messages:
             # A connection belongs to the unit that identified itself first: a message
             # (or a second login) naming another unit is dropped, never stored under
             # either of them.
             unit = self.unit
-            if unit is None:
+            if unit is None and not self.refused:
                 unit = await self._unit_for(message)
             elif message.unique_id not in (None, unit.unique_id):
                 unit = None
@@ -119,6 +124,23 @@ class Session:
         await self._pipeline.commit(rows)
         self.committed = len(rows)
         return replies
+
+    def _rebind(self, unit: Unit | None) -> None:
+        """The registry's unit now: the same unit of a changed vehicle (rows go
+        under the vehicle it is on now), or none, when it was taken off every
+        vehicle: the connection is then refused, as for an unknown unit."""
+        if unit is None:
+            assert self.unit is not None
+            self.stats[f"units_refused.{self.protocol}"] += 1
+            log.info(
+                "refused unit %s (%s) from %s: no longer registered",
+                self.unit.unique_id,
+                self.protocol,
+                self.peer,
+                extra=self.log_extra,
+            )
+            self.refused = True
+        self.unit = unit
 
     async def _unit_for(self, message: Message) -> Unit | None:
         """The unit that this message, on a connection no unit has bound yet,

@@ -237,6 +237,44 @@ async def test_unknown_unit_registered_when_switched_on(make_server: ServerFacto
     assert [u.unique_id for u in vehicle.units] == [IMEI]
 
 
+async def test_a_unit_registering_itself_never_replaces_a_vehicle(
+    make_server: ServerFactory,
+) -> None:
+    """A vehicle named like the unit's id stays as it is; the unit gets another."""
+    server = await make_server(register_unknown_units=True)
+    await server.registry.put_vehicle(IMEI, plate="T7", vin=None, loan_ref="L-7", units=[])
+    async with unit_connection(server) as unit:
+        assert await unit.send(LOGIN_FRAME) == LOGIN_REPLY
+        assert await unit.send(gt06_location(T0, 10.0, 20.0, serial=2)) == ack(0x22, 2)
+    kept = server.registry.vehicle(IMEI)
+    assert kept is not None and (kept.plate, kept.loan_ref, kept.units) == ("T7", "L-7", ())
+    own = server.registry.vehicle(f"{IMEI}-2")
+    assert own is not None
+    assert [(u.unique_id, u.vehicle_id) for u in own.units] == [(IMEI, f"{IMEI}-2")]
+
+
+async def test_a_connected_unit_follows_its_registration(
+    server: Server, api: httpx.AsyncClient
+) -> None:
+    """Moved to another vehicle: its next fixes are stored under that one.
+    Taken off every vehicle: refused, nothing stored, the connection closed."""
+    await register(api)
+    async with unit_connection(server) as unit:
+        assert await unit.send(LOGIN_FRAME) == LOGIN_REPLY
+        assert await unit.send(gt06_location(T0, 10.0, 20.0, serial=2)) == ack(0x22, 2)
+        await register(api, "veh-1", "860000000000077")  # the unit leaves veh-1 ...
+        await register(api, "veh-2")  # ... for veh-2
+        fix = gt06_location(T0 + timedelta(seconds=1), 10.0, 20.0, serial=3)
+        assert await unit.send(fix) == ack(0x22, 3)
+        assert (await api.delete("/api/v1/vehicles/veh-2")).status_code == 204
+        unit.writer.write(gt06_location(T0 + timedelta(seconds=2), 10.0, 20.0, serial=4))
+        assert await asyncio.wait_for(unit.reader.read(100), 5) == b""  # closed, no ack
+    rows = await server.store.track([IMEI], start=T0, end=T0 + timedelta(1), limit=10)
+    assert [r.vehicle_id for r in rows] == ["veh-1", "veh-2"]
+    stats = (await api.get("/api/v1/server")).json()["stats"]
+    assert stats["units_refused.gt06"] == 1
+
+
 async def test_garbage_does_not_hurt_other_units(server: Server, api: httpx.AsyncClient) -> None:
     await register(api)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.ports["gt06"])
