@@ -30,7 +30,7 @@ from tracker.api_types import (
 )
 from tracker.auth import Principal, Who, who, writer
 from tracker.fences import FenceError
-from tracker.store import GeofenceRecord
+from tracker.store import Event, GeofenceRecord
 
 if TYPE_CHECKING:
     from tracker.server import Server
@@ -116,6 +116,24 @@ def rule_routes(server: Server) -> APIRouter:
         vehicle = server.registry.vehicle(vehicle_id)
         return vehicle is None or server.access.may_see(principal, vehicle)
 
+    def event_for(principal: Principal, item: Event) -> dict[str, Any]:
+        """The event as this reader may see it: without where it happened when
+        the vehicle's positions are not shown to them (its loan state)."""
+        vehicle = server.registry.vehicle(item.vehicle_id)
+        located = vehicle is None or server.access.may_track(principal, vehicle)
+        return views.event(item, located=located)
+
+    def fence_for(principal: Principal, record: GeofenceRecord) -> dict[str, Any] | None:
+        """The fence if it is for everyone or for a vehicle this reader may see
+        (a recovery agent sees the fences of their own cars: a borrower's
+        home is as private as a position), listing only those vehicles."""
+        if principal.can_write or record.vehicle_ids is None:
+            return geofence_view(record)
+        seen = [v for v in record.vehicle_ids if seen_by(principal, v)]
+        if not seen:
+            return None
+        return geofence_view(record) | {"vehicle_ids": seen}
+
     async def create(body: GeofenceIn, fence_id: str | None) -> GeofenceRecord:
         try:
             return await server.fences.create(
@@ -143,22 +161,24 @@ def rule_routes(server: Server) -> APIRouter:
 
     @router.get("/geofences", tags=["geofences"])
     async def list_geofences(
-        category: Category | None = None, vehicle_id: VehicleId | None = None
+        principal: Who, category: Category | None = None, vehicle_id: VehicleId | None = None
     ) -> dict[str, Any]:
         items = [
-            geofence_view(r)
+            view
             for r in server.fences.all()
             if (category is None or r.category == category)
             and (vehicle_id is None or r.vehicle_ids is None or vehicle_id in r.vehicle_ids)
+            and (view := fence_for(principal, r)) is not None
         ]
         return {"items": items}
 
     @router.get("/geofences/{fence_id}", tags=["geofences"])
-    async def get_geofence(fence_id: FenceId) -> dict[str, Any]:
+    async def get_geofence(fence_id: FenceId, principal: Who) -> dict[str, Any]:
         record = server.fences.get(fence_id)
-        if record is None:
+        view = None if record is None else fence_for(principal, record)
+        if view is None:
             raise HTTPException(404, f"no geofence {fence_id!r}")
-        return geofence_view(record)
+        return view
 
     @router.delete("/geofences/{fence_id}", tags=["geofences"], status_code=204, dependencies=write)
     async def delete_geofence(fence_id: FenceId) -> Response:
@@ -187,7 +207,9 @@ def rule_routes(server: Server) -> APIRouter:
         )
         if vehicle_id is not None and not seen_by(principal, vehicle_id):
             raise HTTPException(403, f"vehicle {vehicle_id!r} is not assigned to you")
-        return {"items": [views.event(e) for e in events if seen_by(principal, e.vehicle_id)]}
+        return {
+            "items": [event_for(principal, e) for e in events if seen_by(principal, e.vehicle_id)]
+        }
 
     @router.get("/feed/events", tags=["events"])
     async def feed(
@@ -215,7 +237,7 @@ def rule_routes(server: Server) -> APIRouter:
         page = events[:limit]
         next_cursor = page[-1].seq if page else cursor
         return {
-            "data": [views.event(e) for e in page],
+            "data": [event_for(principal, e) for e in page],
             "next_cursor": str(next_cursor),
             "has_more": len(events) > limit,
         }
@@ -229,6 +251,6 @@ def rule_routes(server: Server) -> APIRouter:
             if (vehicle_id is None or vid == vehicle_id) and seen_by(principal, vid)
         ]
         items.sort(key=lambda e: e.detected_at, reverse=True)
-        return {"items": [views.event(e) for e in items]}
+        return {"items": [event_for(principal, e) for e in items]}
 
     return router

@@ -99,8 +99,9 @@ class Session:
             # (or a second login) naming another unit is dropped, never stored under
             # either of them.
             unit = self.unit
-            if unit is None and not self.refused:
-                unit = await self._unit_for(message)
+            if unit is None:
+                if not self.refused:
+                    unit = await self._unit_for(message)
             elif message.unique_id not in (None, unit.unique_id):
                 unit = None
             if unit is None:

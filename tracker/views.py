@@ -164,7 +164,18 @@ def vehicle(item: Vehicle) -> dict[str, Any]:
     }
 
 
-def event(item: Event) -> dict[str, Any]:
+# details that say where the vehicle was (H3 cells, a gathering's centre)
+PLACE_DETAILS = frozenset({"cell", "usual_cell", "centre"})
+
+
+def event(item: Event, *, located: bool = True) -> dict[str, Any]:
+    """``located=False`` for a reader who may not see the vehicle's positions
+    (loan-state gating): the event without where it happened."""
+    if not located:
+        body = event(item)
+        body["lat"] = body["lon"] = None
+        body["details"] = {k: v for k, v in item.details.items() if k not in PLACE_DETAILS}
+        return body
     return {
         "id": item.id,
         "seq": item.seq,

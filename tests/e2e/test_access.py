@@ -20,6 +20,7 @@ from tracker.simulate import gt06_location, gt06_login
 from .conftest import ServerFactory
 from .test_position_path import ack, unit_connection
 from .test_rules_e2e import Clock
+from .test_webhooks import press_sos
 
 pytestmark = pytest.mark.e2e
 
@@ -195,6 +196,128 @@ async def test_share_link_shows_one_vehicle_until_revoked(world: dict[str, Any])
         ]
     ]
     assert {"share.create", "share.use", "share.live", "share.revoke"} <= set(actions)
+
+
+async def test_share_link_shows_only_what_its_creator_may_see(world: dict[str, Any]) -> None:
+    """The link stops when its creator loses the car (loan state, assignment) or
+    the car is deleted, and a new car under the old id does not revive it."""
+    server: Server = world["server"]
+    admin = world["admin"]
+    share = (await world["recovery"].post("/api/v1/shares", json={"vehicle_id": "car-a"})).json()
+    car_a = {"loan_state": "delinquent", "units": [{"unique_id": IMEIS["car-a"]}]}
+    base = f"http://127.0.0.1:{server.ports['http']}"
+    url = f"ws://127.0.0.1:{server.ports['http']}/api/v1/live?share={share['token']}"
+    data = f"/share/{share['token']}/data"
+    async with httpx.AsyncClient(base_url=base) as outsider:
+        assert (await outsider.get(data)).status_code == 200
+        async with connect(url) as ws:
+            await asyncio.wait_for(ws.recv(), 5)  # the snapshot
+            await admin.put("/api/v1/vehicles/car-a", json=car_a | {"loan_state": "current"})
+            with pytest.raises(ConnectionClosed) as closed:  # re-checked every 5 s
+                await asyncio.wait_for(_until_closed(ws), 8)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == 4410
+        suspended = await outsider.get(data)
+        assert suspended.status_code == 410
+        assert "suspended" in suspended.json()["detail"]
+        assert "'current'" in suspended.json()["detail"]
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url):
+                pass
+        assert refused.value.response.status_code == 410
+        await admin.put("/api/v1/vehicles/car-a", json=car_a)
+        assert (await outsider.get(data)).status_code == 200  # delinquent again
+        await admin.put("/api/v1/vehicles/car-a/assignees", json=[])
+        unassigned = await outsider.get(data)
+        assert unassigned.status_code == 410
+        assert "no longer assigned" in unassigned.json()["detail"]
+        await admin.put(
+            "/api/v1/vehicles/car-a/assignees", json=[world["keys"]["recovery"]["user"]]
+        )
+        assert (await outsider.get(data)).status_code == 200
+        assert (await admin.delete("/api/v1/vehicles/car-a")).status_code == 204
+        assert (await outsider.get(data)).status_code == 410
+
+
+async def _until_closed(ws: Any) -> None:
+    while True:
+        await ws.recv()
+
+
+async def test_gated_readers_get_events_without_places(world: dict[str, Any]) -> None:
+    """A viewer sees an alert of a car whose positions are hidden from them, but
+    not where it happened; servicing sees it whole."""
+    server: Server = world["server"]
+    await press_sos(server, world["admin"], "car-s", "860000000000009")  # loan: current
+    for _ in range(100):
+        events = await world["servicing"].get("/api/v1/events", params={"vehicle_id": "car-s"})
+        if events.json()["items"]:
+            break
+        await asyncio.sleep(0.05)
+    [whole] = events.json()["items"]
+    assert whole["type"] == "sos"
+    assert whole["lat"] == pytest.approx(-6.3)
+    viewer = world["viewer"]
+    [hidden] = (await viewer.get("/api/v1/events", params={"vehicle_id": "car-s"})).json()["items"]
+    assert (hidden["id"], hidden["lat"], hidden["lon"]) == (whole["id"], None, None)
+    [alert] = [
+        a
+        for a in (await viewer.get("/api/v1/alerts")).json()["items"]
+        if a["vehicle_id"] == "car-s"
+    ]
+    assert (alert["lat"], alert["lon"]) == (None, None)
+    feed = (await viewer.get("/api/v1/feed/events")).json()["data"]
+    assert [(e["lat"], e["lon"]) for e in feed if e["vehicle_id"] == "car-s"] == [(None, None)]
+
+
+async def test_recovery_agents_see_only_their_cars_fences(world: dict[str, Any]) -> None:
+    admin, recovery = world["admin"], world["recovery"]
+    circle = {"circle": {"lat": -6.2, "lon": 106.8, "radius_m": 200}}
+    for fence_id, fence in {
+        "home-a": {"name": "home a", "category": "home", "vehicle_ids": ["car-a"]},
+        "home-b": {"name": "home b", "category": "home", "vehicle_ids": ["car-b"]},
+        "both": {"name": "both", "category": "home", "vehicle_ids": ["car-a", "car-b"]},
+        "lot": {"name": "pawn lot", "category": "risk_site"},
+    }.items():
+        response = await admin.put(f"/api/v1/geofences/{fence_id}", json=fence | circle)
+        assert response.status_code in (200, 201), response.text
+    items = (await recovery.get("/api/v1/geofences")).json()["items"]
+    assert {i["id"]: i["vehicle_ids"] for i in items} == {
+        "home-a": ["car-a"],
+        "both": ["car-a"],
+        "lot": None,
+    }
+    assert (await recovery.get("/api/v1/geofences/home-b")).status_code == 404
+    assert (await recovery.get("/api/v1/geofences/home-a")).status_code == 200
+    assert len((await world["viewer"].get("/api/v1/geofences")).json()["items"]) == 4
+
+
+@pytest.mark.parametrize("first", [b'{"subscribe": "*"}', "not json", "{bad"])
+async def test_a_first_message_that_is_not_a_subscription_text_gets_an_answer(
+    world: dict[str, Any], first: str | bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Binary JSON is read like text; what is not JSON gets the error and 4400
+    (both once dropped the socket without a word). A refused key logs no error."""
+    server: Server = world["server"]
+    url = f"ws://127.0.0.1:{server.ports['http']}/api/v1/live"
+    async with connect(f"{url}?token={world['keys']['servicing']['key']}") as ws:
+        await ws.send(first)
+        if isinstance(first, bytes):
+            assert orjson.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "snapshot"
+            return
+        error = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert error["type"] == "error"
+        assert '{"subscribe": "*"}' in error["detail"]
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4400
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(f"{url}?token=not-a-key"):
+            pass
+    assert refused.value.response.status_code == 401
+    await asyncio.sleep(0.1)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 async def test_expired_share_link_says_so(world: dict[str, Any], clock: Clock) -> None:

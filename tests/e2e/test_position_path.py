@@ -247,7 +247,8 @@ async def test_a_unit_registering_itself_never_replaces_a_vehicle(
         assert await unit.send(LOGIN_FRAME) == LOGIN_REPLY
         assert await unit.send(gt06_location(T0, 10.0, 20.0, serial=2)) == ack(0x22, 2)
     kept = server.registry.vehicle(IMEI)
-    assert kept is not None and (kept.plate, kept.loan_ref, kept.units) == ("T7", "L-7", ())
+    assert kept is not None
+    assert (kept.plate, kept.loan_ref, kept.units) == ("T7", "L-7", ())
     own = server.registry.vehicle(f"{IMEI}-2")
     assert own is not None
     assert [(u.unique_id, u.vehicle_id) for u in own.units] == [(IMEI, f"{IMEI}-2")]

@@ -12,7 +12,9 @@ import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -273,3 +275,27 @@ def test_any_body_decodes_plausibly_or_raises_osmand_error(
     except OsmandError:
         return
     assert_plausible(position)
+
+
+@pytest.mark.parametrize(
+    "unique_id", ["evil\n2026-11-30 CRITICAL forged", "ph\x00one", "a/b", "has space", "9" * 65]
+)
+def test_ids_a_unit_could_never_be_registered_under_are_refused(unique_id: str) -> None:
+    query = urlencode({"id": unique_id, "timestamp": "1700000000", "lat": "1", "lon": "1"})
+    with pytest.raises(OsmandError, match=r"id must be 1-64 letters, digits or \. _ : -"):
+        decode("GET", query, b"", None)
+    body = orjson.dumps({"device_id": unique_id, "location": {"coords": {}}})
+    with pytest.raises(OsmandError, match=r"device_id must be 1-64"):
+        decode("POST", "", body, "application/json")
+
+
+def test_json_nested_deeper_than_16_is_refused() -> None:
+    deep: dict[str, Any] = {"x": 1}
+    for _ in range(300):
+        deep = {"a": deep}
+    document = {"device_id": "phone-1", "location": {"timestamp": 1, "extras": deep}}
+    with pytest.raises(OsmandError, match="more than 16 deep"):  # orjson nests 255 at most
+        decode("POST", "", json.dumps(document).encode(), "application/json")
+    document["location"]["extras"] = {"a": {"b": {"c": 1}}}
+    with pytest.raises(NoFix):  # shallow: accepted (a request without a fix)
+        decode("POST", "", orjson.dumps(document), "application/json")
