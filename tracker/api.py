@@ -155,6 +155,15 @@ def _validation_detail(exc: RequestValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
         message = error.get("msg", "invalid")
+        loc = tuple(error.get("loc", ()))
+        if error.get("type") == "json_invalid":  # loc: ("body", character offset)
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            reason = error.get("ctx", {}).get("error", "")
+            parts.append(f"body is not valid JSON{at}" + (f": {reason}" if reason else ""))
+            continue
+        if loc == ("body",) and isinstance(error.get("input"), str | bytes):
+            parts.append("body: send a JSON object, with 'Content-Type: application/json'")
+            continue
         if error.get("type") == "string_pattern_mismatch":
             hint = PATTERN_HINTS.get(error.get("ctx", {}).get("pattern", ""))
             message = f"{message}: {hint}" if hint else message
@@ -337,6 +346,11 @@ def create_app(server: Server) -> FastAPI:
     async def delete_vehicle(vehicle_id: VehicleId) -> Response:
         if not await server.registry.delete_vehicle(vehicle_id):
             raise HTTPException(404, f"no vehicle {vehicle_id!r}")
+        now = server.clock()  # its share links end with it: a new car of that id is another
+        for share in await server.store.list_shares(vehicle_id=vehicle_id):
+            if share.revoked_at is None and await server.store.revoke_share(share.id, now):
+                server.revoked_shares.add(share.id)
+                server.kicks.kick(f"share:{share.id}")
         return Response(status_code=204)
 
     @app.get("/api/v1/vehicles", tags=["vehicles"])
@@ -377,6 +391,7 @@ def create_app(server: Server) -> FastAPI:
             [u.unique_id for u in vehicle.units], start=start, end=end, limit=limit, after=after
         )
         next_cursor = _encode_cursor(views.track_key(rows[-1])) if len(rows) == limit else None
+        rows = views.stored_for(vehicle_id, rows)
         await server.access.audit(
             principal.actor,
             "track.read",

@@ -222,7 +222,8 @@ def access_routes(server: Server, visible: Callable[..., Vehicle]) -> APIRouter:
         if (why := server.access.share_suspended(creator, vehicle)) is not None:
             raise HTTPException(410, f"this share link is suspended: {why}")
         now = server.clock()
-        history = (
+        history = views.stored_for(
+            vehicle.vehicle_id,
             await server.store.track_rows(
                 [u.unique_id for u in vehicle.units],
                 start=now - timedelta(hours=share.history_h),
@@ -230,9 +231,9 @@ def access_routes(server: Server, visible: Callable[..., Vehicle]) -> APIRouter:
                 limit=10_000,
             )
             if share.history_h
-            else []
+            else [],
         )
-        newest = server.cache.vehicle(u.unique_id for u in vehicle.units)
+        newest = server.cache.vehicle((u.unique_id for u in vehicle.units), vehicle.vehicle_id)
         await server.access.audit(
             f"share:{share.id}", "share.use", vehicle.vehicle_id, peer(request)
         )

@@ -102,7 +102,8 @@ def _snapshot(server: Server, vehicle_ids: Iterable[str]) -> dict[str, Any]:
     positions = []
     for vehicle_id in vehicle_ids:
         vehicle = server.registry.vehicle(vehicle_id)
-        newest = server.cache.vehicle(u.unique_id for u in vehicle.units) if vehicle else None
+        unique_ids = (u.unique_id for u in vehicle.units) if vehicle else ()
+        newest = server.cache.vehicle(unique_ids, vehicle_id)
         if newest is not None:
             positions.append(views.position(newest) | {"vehicle_id": vehicle_id})
     return {"type": "snapshot", "positions": positions, "cursor": server.hub.cursor}

@@ -43,10 +43,13 @@ def location_of(server: Server, vehicle_id: str) -> dict[str, Any] | None:
     if vehicle is None:
         return None
     cache = server.cache
-    newest = cache.vehicle([unit.unique_id for unit in vehicle.units])
+    newest = cache.vehicle([unit.unique_id for unit in vehicle.units], vehicle_id)
     if newest is None:
         return None
-    units = [(u, cache.unit(u.unique_id), cache.last_seen(u.unique_id)) for u in vehicle.units]
+    units = [
+        (u, cache.vehicle([u.unique_id], vehicle_id), cache.last_seen(u.unique_id))
+        for u in vehicle.units
+    ]
     return views.location(vehicle_id, newest, units, server.clock())
 
 
@@ -139,7 +142,7 @@ class LocationFastLane:
         vehicle = server.registry.vehicle(vehicle_id)
         if vehicle is None or not server.access.may_track(principal, vehicle):
             return False
-        if server.cache.vehicle([unit.unique_id for unit in vehicle.units]) is None:
+        if server.cache.vehicle([unit.unique_id for unit in vehicle.units], vehicle_id) is None:
             return False
         client = scope.get("client")
         remote = f"{client[0]}:{client[1]}" if client else "?"

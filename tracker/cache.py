@@ -53,11 +53,16 @@ class LatestState:
     def last_seen(self, unique_id: str) -> datetime | None:
         return self._seen.get(unique_id)
 
-    def vehicle(self, unique_ids: Iterable[str]) -> StoredPosition | None:
-        """The newest position among these units (a vehicle's units)."""
+    def vehicle(self, unique_ids: Iterable[str], vehicle_id: str) -> StoredPosition | None:
+        """The newest position among these units (a vehicle's units) stored
+        for that vehicle: a unit moved from another car brings none of its fixes."""
         best: StoredPosition | None = None
         for unique_id in unique_ids:
             row = self._units.get(unique_id)
-            if row is not None and (best is None or row.fix_time > best.fix_time):
+            if (
+                row is not None
+                and row.vehicle_id == vehicle_id
+                and (best is None or row.fix_time > best.fix_time)
+            ):
                 best = row
         return best

@@ -117,8 +117,8 @@ def _port(value: Any) -> int | None:
 
 
 def _int(value: Any) -> int:
-    if isinstance(value, bool):
-        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected an integer, got {value!r}")  # int() would cut 1.5 to 1
     try:
         return int(value)
     except (TypeError, ValueError):

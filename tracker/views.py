@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -99,6 +99,14 @@ def track_items(rows: Iterable[TrackRow]) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+def stored_for(vehicle_id: str, rows: Sequence[TrackRow]) -> Sequence[TrackRow]:
+    """The rows stored for this vehicle: its units' fixes from before one of
+    them was moved to it belong to the car it was on then."""
+    if all(r[1] == vehicle_id for r in rows):  # nearly always: no copy
+        return rows
+    return [r for r in rows if r[1] == vehicle_id]
 
 
 def iso_text(utc: str) -> str:

@@ -237,6 +237,10 @@ async def test_share_link_shows_only_what_its_creator_may_see(world: dict[str, A
         assert (await outsider.get(data)).status_code == 200
         assert (await admin.delete("/api/v1/vehicles/car-a")).status_code == 204
         assert (await outsider.get(data)).status_code == 410
+        await admin.put("/api/v1/vehicles/car-a", json=car_a)  # another car, the same id
+        revived = await outsider.get(data)
+        assert revived.status_code == 410
+        assert "revoked" in revived.json()["detail"]
 
 
 async def _until_closed(ws: Any) -> None:

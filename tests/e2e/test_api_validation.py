@@ -115,3 +115,16 @@ def test_a_detail_with_a_lone_surrogate_is_still_utf8() -> None:
     from tracker.api import problem
 
     assert b"\\ud800" in problem(422, "field \ud800: bad").body
+
+
+async def test_bodies_that_are_not_json_say_so(api: httpx.AsyncClient) -> None:
+    broken = await api.put(
+        "/api/v1/vehicles/car-1",
+        content=b'{"plate": "x", "units": [}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert detail(broken, 422).startswith("body is not valid JSON at character 25")
+    text = await api.put(
+        "/api/v1/vehicles/car-1", content=b'{"plate": "x"}', headers={"Content-Type": "text/plain"}
+    )
+    assert "Content-Type: application/json" in detail(text, 422)

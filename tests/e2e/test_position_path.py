@@ -276,6 +276,30 @@ async def test_a_connected_unit_follows_its_registration(
     assert stats["units_refused.gt06"] == 1
 
 
+async def test_a_moved_unit_brings_none_of_its_old_cars_fixes(
+    server: Server, api: httpx.AsyncClient
+) -> None:
+    """Its earlier fixes belong to the car it was on: the new car's location
+    and track start with the unit's first fix in it."""
+    await register(api)
+    async with unit_connection(server) as unit:
+        assert await unit.send(LOGIN_FRAME) == LOGIN_REPLY
+        assert await unit.send(gt06_location(T0, 10.0, 20.0, serial=2)) == ack(0x22, 2)
+    await register(api, "veh-1", "860000000000077")
+    await register(api, "veh-2")
+    window = {"from": "2026-01-01T00:00:00Z", "to": "2027-01-01T00:00:00Z"}
+    assert (await api.get("/api/v1/vehicles/veh-2/location")).status_code == 404
+    assert (await api.get("/api/v1/vehicles/veh-2/track", params=window)).json()["items"] == []
+    async with unit_connection(server) as unit:
+        assert await unit.send(LOGIN_FRAME) == LOGIN_REPLY
+        fix = gt06_location(T0 + timedelta(seconds=1), 11.0, 20.0, serial=2)
+        assert await unit.send(fix) == ack(0x22, 2)
+    location = (await api.get("/api/v1/vehicles/veh-2/location")).json()
+    assert (location["vehicle_id"], location["lat"]) == ("veh-2", pytest.approx(11.0))
+    items = (await api.get("/api/v1/vehicles/veh-2/track", params=window)).json()["items"]
+    assert [(i["vehicle_id"], i["lat"]) for i in items] == [("veh-2", pytest.approx(11.0))]
+
+
 async def test_garbage_does_not_hurt_other_units(server: Server, api: httpx.AsyncClient) -> None:
     await register(api)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.ports["gt06"])

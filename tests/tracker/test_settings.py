@@ -80,6 +80,8 @@ def test_port_zero_means_any_free_port(tmp_path: Path) -> None:
     [
         ("[http]\nport = 'abc'\n", {}, "http.port"),
         ("[http]\nport = 70000\n", {}, "http.port"),
+        ("[http]\nport = 1.5\n", {}, "http.port"),  # not cut to port 1
+        ("[store]\nbatch_max_rows = 2.7\n", {}, "store.batch_max_rows"),
         ("[database]\nurl = 'mysql://x'\n", {}, "database.url"),
         ("[htp]\nport = 1\n", {}, "htp.port"),
         ("", {"TRACKER_REGISTER_UNKNOWN_UNITS": "maybe"}, "register_unknown_units"),
