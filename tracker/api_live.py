@@ -187,7 +187,8 @@ async def serve_live(server: Server, websocket: WebSocket) -> None:
         "live.subscribe",
         None,
         peer,
-        vehicles=sorted(vehicle_ids) if vehicle_ids is not None else ALL,
+        # what it may watch: the vehicles, or "*" for every one (admin, servicing)
+        vehicles=sorted(allowed) if allowed is not None else ALL,
     )
     await _stream(
         server,
@@ -196,6 +197,7 @@ async def serve_live(server: Server, websocket: WebSocket) -> None:
         cursor if isinstance(cursor, str) else None,
         principal=principal,
         wanted=vehicle_ids,
+        peer=peer,
     )
 
 
@@ -237,6 +239,7 @@ async def _stream(
     principal: Principal | None = None,
     wanted: frozenset[str] | None = None,
     share: Share | None = None,
+    peer: str = "?",
 ) -> None:
     """``principal``: the key's, or for a ``share`` the principal of its creator."""
     hub = server.hub
@@ -287,6 +290,10 @@ async def _stream(
                 ):
                     now_allowed = _allowed(server, principal, wanted)
                     if now_allowed != vehicle_ids:  # loan state or assignment changed
+                        if added := sorted((now_allowed or set()) - (vehicle_ids or set())):
+                            await server.access.audit(
+                                principal.actor, "live.subscribe", None, peer, vehicles=added
+                            )
                         vehicle_ids = now_allowed
                         hub.refilter(subscriber, vehicle_ids)
     except (WebSocketDisconnect, RuntimeError):

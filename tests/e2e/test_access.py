@@ -143,6 +143,34 @@ async def test_every_read_is_audited(world: dict[str, Any]) -> None:
     assert by_vehicle["items"] == []
 
 
+async def test_reads_of_many_vehicles_are_found_by_each(world: dict[str, Any]) -> None:
+    """GET /locations and a live subscription name their vehicles: the audit's
+    vehicle filter finds them (a "*" of admin or servicing matches every car)."""
+    server: Server = world["server"]
+    admin, recovery = world["admin"], world["recovery"]
+    await recovery.get("/api/v1/locations")
+    url = f"ws://127.0.0.1:{server.ports['http']}/api/v1/live?token="
+    for role in ("recovery", "servicing"):
+        async with connect(url + world["keys"][role]["key"]) as ws:
+            await ws.send('{"subscribe": "*"}')
+            await asyncio.wait_for(ws.recv(), 5)
+
+    def seen(vehicle_id: str) -> list[tuple[str, str, Any]]:
+        return [(e["actor"], e["action"], e["details"].get("vehicles")) for e in items[vehicle_id]]
+
+    items = {
+        v: (await admin.get("/api/v1/audit", params={"vehicle_id": v})).json()["items"]
+        for v in ("car-a", "car-b")
+    }
+    agent, servicing = world["keys"]["recovery"]["user"], world["keys"]["servicing"]["user"]
+    assert seen("car-a") == [
+        (servicing, "live.subscribe", "*"),
+        (agent, "live.subscribe", ["car-a"]),
+        (agent, "locations.read", ["car-a"]),
+    ]
+    assert seen("car-b") == [(servicing, "live.subscribe", "*")]
+
+
 async def test_share_link_shows_one_vehicle_until_revoked(world: dict[str, Any]) -> None:
     server: Server = world["server"]
     recovery = world["recovery"]

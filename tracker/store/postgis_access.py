@@ -194,7 +194,12 @@ class PostgisAccess:
         where = ["true"]
         for condition, value in [
             ("a.actor = ${}", actor),
-            ("a.vehicle_id = ${}", vehicle_id),
+            # one entry, or one that names it among many (migration 0008)
+            (
+                "(a.vehicle_id = ${0} OR a.details -> 'vehicles' ? ${0}"
+                " OR a.details -> 'vehicles' ? '*')",
+                vehicle_id,
+            ),
             ("a.action = ${}", action),
             ("a.at >= ${}", since),
             ("a.at < ${}", until),

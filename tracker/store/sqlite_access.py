@@ -148,9 +148,14 @@ class AccessDb:
     ) -> list[AuditEntry]:
         args: list[Any] = []
         where = ["1"]
+        if vehicle_id is not None:  # its own entries, or one naming it among many
+            args += [vehicle_id, vehicle_id]
+            where.append(
+                "(a.vehicle_id = ? OR EXISTS (SELECT 1 FROM json_each(a.details, '$.vehicles')"
+                " WHERE value IN (?, '*')))"
+            )
         for condition, value in [
             ("a.actor = ?", actor),
-            ("a.vehicle_id = ?", vehicle_id),
             ("a.action = ?", action),
             ("a.at >= ?", to_us_or_none(since)),
             ("a.at < ?", to_us_or_none(until)),
