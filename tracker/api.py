@@ -52,8 +52,17 @@ MAX_TRACK_LIMIT = 10_000
 # A fence at MAX_VERTICES naming 10,000 vehicles fits; nothing else comes near.
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
+# Thresholds that hold for the whole fleet only: a gathering is of several vehicles,
+# and "late" is judged per batch for all of them. Set them in [rules].
+GLOBAL_RULES = frozenset(
+    {"late_after_s", "gathering_vehicles", "gathering_radius_m", "gathering_minutes"}
+)
 # The thresholds a vehicle may override: RuleSettings field name -> whether it is an int.
-RULE_FIELDS = {f.name: f.type in (int, "int") for f in dataclasses.fields(RuleSettings)}
+RULE_FIELDS = {
+    f.name: f.type in (int, "int")
+    for f in dataclasses.fields(RuleSettings)
+    if f.name not in GLOBAL_RULES
+}
 # The largest override, by the unit its name ends in: beyond these a threshold is a
 # typo, and time arithmetic with it would overflow.
 RULE_MAXIMA = {
@@ -108,6 +117,10 @@ class VehicleIn(BaseModel):
             return rules  # None, or a type error pydantic reports
         checked: dict[str, float | int] = {}
         for name, value in rules.items():
+            if name in GLOBAL_RULES:
+                raise ValueError(
+                    f"rule {name!r} holds for every vehicle: set it in the server's [rules]"
+                )
             if name not in RULE_FIELDS:
                 raise ValueError(f"unknown rule {name!r}; valid rules: {', '.join(RULE_FIELDS)}")
             if isinstance(value, bool) or not isinstance(value, int | float):

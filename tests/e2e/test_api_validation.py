@@ -128,3 +128,12 @@ async def test_bodies_that_are_not_json_say_so(api: httpx.AsyncClient) -> None:
         "/api/v1/vehicles/car-1", content=b'{"plate": "x"}', headers={"Content-Type": "text/plain"}
     )
     assert "Content-Type: application/json" in detail(text, 422)
+
+
+async def test_fleet_wide_rules_are_refused_per_vehicle(api: httpx.AsyncClient) -> None:
+    """They were accepted, echoed back and then ignored."""
+    for name in ("late_after_s", "gathering_vehicles", "gathering_radius_m", "gathering_minutes"):
+        refused = await api.put("/api/v1/vehicles/car-1", json={"rules": {name: 5}})
+        assert "holds for every vehicle" in detail(refused, 422)
+    kept = await api.put("/api/v1/vehicles/car-1", json={"rules": {"risk_window_days": 7}})
+    assert kept.json()["rules"] == {"risk_window_days": 7}

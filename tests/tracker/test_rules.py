@@ -32,13 +32,15 @@ def circle_fence(fence_id: str, category: str, radius_m: float = 500.0, **kw: An
 class World:
     """An engine with one vehicle (a wired and a battery unit) and a clock."""
 
-    def __init__(self, fences: list[Fence] | None = None, **settings: Any) -> None:
+    def __init__(
+        self, fences: list[Fence] | None = None, car: Vehicle = CAR, **settings: Any
+    ) -> None:
         self.latest: dict[str, StoredPosition] = {}
         ids = itertools.count()
         self.engine = RuleEngine(
             RuleSettings(**settings),
             unit={u.unique_id: u for u in CAR.units}.get,
-            vehicle={"car": CAR}.get,
+            vehicle={"car": car}.get,
             latest=self.latest.get,
             new_id=lambda: f"e{next(ids)}",
         )
@@ -182,13 +184,28 @@ def test_unit_alarms_open_once_and_clear_later() -> None:
     assert types(world.fix(700, 0)) == ["power_cut_cleared"]
 
 
-def test_an_alarm_open_before_a_restart_clears_on_a_fix_that_does_not_raise_it() -> None:
+def test_an_alarm_open_before_a_restart_clears_as_it_would_have_without_one() -> None:
+    """alarm_clear_s (600 s) from when it was raised: a restart does not cut it short."""
     world = World()
     opened = world.fix(0, 0, power_cut=True)
     again = World()
     again.engine.restore(opened, {"111": T0}, CAR.units, [], T0 + timedelta(minutes=1))
-    assert types(again.fix(20, 0)) == ["power_cut_cleared"]  # no time of it on record
-    assert types(again.fix(700, 0)) == []  # cleared once
+    assert types(again.fix(20, 0)) == []  # too soon to call it over
+    assert types(again.fix(700, 0)) == ["power_cut_cleared"]
+    assert types(again.fix(800, 0)) == []  # cleared once
+
+
+def test_the_risk_window_is_the_vehicles_own() -> None:
+    """A second visit within the vehicle's risk_window_days is a repeat (critical);
+    outside it, a first visit again."""
+    lot = circle_fence("lot", "risk_site")
+    world = World([lot], car=Vehicle("car", units=CAR.units, rules={"risk_window_days": 0.01}))
+    severities = []
+    for start in (0, 2000, 2600):  # in, out, back in: enter needs two fixes
+        for k, east in enumerate((0, 0, 5000, 5000)):
+            events = world.fix(start + k * 60, east)
+            severities += [e.severity for e in events if e.type == "risk_site_visit"]
+    assert severities == ["warning", "warning", "critical"]
 
 
 def test_units_separated_when_far_apart_at_about_the_same_time() -> None:

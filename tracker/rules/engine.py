@@ -124,6 +124,8 @@ class RuleEngine(MotionRules):
                 name, _, unique_id = event.alert_key.partition(":")
                 if name in _ALARM_NAMES:
                     self._alarmed.add(unique_id)
+                    # raised then at least: it clears after alarm_clear_s without it
+                    self._alarm_at[(unique_id, name)] = event.fix_time or event.detected_at
         # _silent_after for a million units, without a timedelta and a settings
         # look-up each where the global thresholds apply
         default = {
@@ -506,7 +508,7 @@ class RuleEngine(MotionRules):
     def _visits(self, vehicle_id: str, when: datetime) -> int:
         visits = self._risk_visits.setdefault(vehicle_id, deque())
         visits.append(when)
-        window = timedelta(days=self.settings.risk_window_days)
+        window = timedelta(days=self.settings_for(vehicle_id).risk_window_days)
         while visits and visits[0] < when - window:
             visits.popleft()
         return sum(1 for v in visits if v <= when)
