@@ -236,7 +236,9 @@ async def test_share_link_shows_only_what_its_creator_may_see(world: dict[str, A
     base = f"http://127.0.0.1:{server.ports['http']}"
     url = f"ws://127.0.0.1:{server.ports['http']}/api/v1/live?share={share['token']}"
     data = f"/share/{share['token']}/data"
-    async with httpx.AsyncClient(base_url=base) as outsider:
+    # a fresh connection a request: the server closes idle ones after 5 s, the wait below
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=base, limits=fresh) as outsider:
         assert (await outsider.get(data)).status_code == 200
         async with connect(url) as ws:
             await asyncio.wait_for(ws.recv(), 5)  # the snapshot

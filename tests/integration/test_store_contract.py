@@ -479,6 +479,7 @@ async def test_postgis_geometry_and_partitions(postgis_url: str) -> None:
             "0004_access.sql",
             "0006_track_index.sql",
             "0007_reindexed_partitions.sql",
+            "0008_audit_vehicles.sql",
         ]
     finally:
         await conn.close()
