@@ -82,10 +82,14 @@ class CorridorIn(BaseModel):
 
 
 class GeofenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt key must not widen a fence
     name: str = Field(default="", max_length=200, pattern=TEXT_PATTERN)
     category: Category = "custom"
     vehicle_ids: list[VehicleId] | None = Field(
-        default=None, max_length=10_000, description="omitted: every vehicle"
+        default=None,
+        min_length=1,
+        max_length=10_000,
+        description="omitted: every vehicle",
     )
     geometry: dict[str, Any] | None = Field(
         default=None,

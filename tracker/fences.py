@@ -38,14 +38,20 @@ class Fences:
         self._engine = engine
         self._clock = clock
         self._records: dict[str, GeofenceRecord] = {}
+        self._fences: dict[str, Fence] = {}  # built once per record, not at every change
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
-        self._records = {r.id: r for r in await self._store.list_geofences()}
+        records = await self._store.list_geofences()
+        built = await asyncio.to_thread(lambda: [to_fence(r) for r in records])
+        self._records = {r.id: r for r in records}
+        self._fences = {f.id: f for f in built}
         await self._rebuild()
 
     async def _rebuild(self) -> None:
-        fences = [to_fence(r) for r in self._records.values()]
+        """Put the fences in force. Only the index is built again (in a thread):
+        the loop spends no time per fence, however many there are."""
+        fences = list(self._fences.values())
         index = await asyncio.to_thread(FenceIndex, fences) if fences else None
         self._engine.set_fences(index, fences)
 
@@ -89,6 +95,7 @@ class Fences:
         async with self._lock:
             await self._store.put_geofence(record)
             self._records[record.id] = record
+            self._fences[record.id] = to_fence(record)
             await self._rebuild()
         return record
 
@@ -97,6 +104,7 @@ class Fences:
             if not await self._store.delete_geofence(fence_id):
                 return False
             self._records.pop(fence_id, None)
+            self._fences.pop(fence_id, None)
             await self._rebuild()
             return True
 

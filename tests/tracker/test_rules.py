@@ -195,6 +195,13 @@ def test_an_alarm_open_before_a_restart_clears_as_it_would_have_without_one() ->
     assert types(again.fix(800, 0)) == []  # cleared once
 
 
+def test_an_allowed_area_for_no_vehicle_confines_none() -> None:
+    area = circle_fence("area", "allowed_area", vehicle_ids=frozenset())
+    world = World([area])
+    events = [e for k in range(4) for e in world.fix(k * 60, 5000)]
+    assert "outside_allowed_area" not in types(events)
+
+
 def test_the_risk_window_is_the_vehicles_own() -> None:
     """A second visit within the vehicle's risk_window_days is a repeat (critical);
     outside it, a first visit again."""

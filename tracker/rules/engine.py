@@ -102,7 +102,7 @@ class RuleEngine(MotionRules):
         self._allowed = {}
         for fence in fences:
             if fence.category == "allowed_area":
-                for vehicle_id in fence.vehicle_ids or (None,):
+                for vehicle_id in (None,) if fence.vehicle_ids is None else fence.vehicle_ids:
                     self._allowed.setdefault(vehicle_id, []).append(fence.id)
         for state in self._units.values():
             for fence_id in [f for f in state.fences if f not in self._fences]:
