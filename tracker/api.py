@@ -31,6 +31,7 @@ from tracker.api_location import LocationFastLane, location_routes
 from tracker.api_types import (
     PATTERN_HINTS,
     TEXT_PATTERN,
+    Id,
     ORJSONResponse,
     UniqueId,
     VehicleId,
@@ -93,6 +94,9 @@ class VehicleIn(BaseModel):
     # Per-vehicle rule thresholds: RuleSettings field name -> value (the global
     # value applies to every field not named).
     rules: dict[str, float | int] | None = None
+    group: Id | None = Field(
+        default=None, description="the vehicle's group: fences may apply to a group"
+    )
     loan_state: Literal["current", "delinquent", "recovery", "closed"] = Field(
         default="current",
         description="set by the servicing system; recovery and viewer users see positions "
@@ -332,6 +336,7 @@ def create_app(server: Server) -> FastAPI:
     @app.put("/api/v1/vehicles/{vehicle_id}", tags=["vehicles"], dependencies=[Depends(writer)])
     async def put_vehicle(vehicle_id: VehicleId, body: VehicleIn) -> Response:
         units = [Unit(u.unique_id, vehicle_id, u.kind, u.silent_after_s) for u in body.units]
+        before = server.registry.vehicle(vehicle_id)
         try:
             vehicle, created = await server.registry.put_vehicle(
                 vehicle_id,
@@ -341,9 +346,11 @@ def create_app(server: Server) -> FastAPI:
                 units=units,
                 rules=body.rules or {},
                 loan_state=body.loan_state,
+                group=body.group,
             )
         except UnitConflict as exc:
             return problem(409, str(exc))
+        await server.fences.regroup(before, vehicle)
         return ORJSONResponse(views.vehicle(vehicle), status_code=201 if created else 200)
 
     @app.get("/api/v1/vehicles/{vehicle_id}", tags=["vehicles"])
@@ -357,8 +364,10 @@ def create_app(server: Server) -> FastAPI:
         status_code=204,
     )
     async def delete_vehicle(vehicle_id: VehicleId) -> Response:
+        before = server.registry.vehicle(vehicle_id)
         if not await server.registry.delete_vehicle(vehicle_id):
             raise HTTPException(404, f"no vehicle {vehicle_id!r}")
+        await server.fences.regroup(before, None)
         now = server.clock()  # its share links end with it: a new car of that id is another
         for share in await server.store.list_shares(vehicle_id=vehicle_id):
             if share.revoked_at is None and await server.store.revoke_share(share.id, now):

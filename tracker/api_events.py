@@ -25,6 +25,7 @@ from tracker.api_types import (
     MAX_SEQ,
     TEXT_PATTERN,
     EventType,
+    Id,
     VehicleId,
     aware_or_none,
 )
@@ -98,6 +99,16 @@ class GeofenceIn(BaseModel):
     )
     circle: CircleIn | None = None
     corridor: CorridorIn | None = None
+    group: Id | None = Field(
+        default=None,
+        description="instead of vehicle_ids: the vehicles of this group, as it changes",
+    )
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> GeofenceIn:
+        if self.group is not None and self.vehicle_ids is not None:
+            raise ValueError("give vehicle_ids or group, not both")
+        return self
 
 
 def geofence_view(record: GeofenceRecord) -> dict[str, Any]:
@@ -127,12 +138,22 @@ def rule_routes(server: Server) -> APIRouter:
         located = vehicle is None or server.access.may_track(principal, vehicle)
         return views.event(item, located=located)
 
+    def applies(record: GeofenceRecord, vehicle_id: str) -> bool:
+        if (group := record.details.get("group")) is not None:
+            return vehicle_id in server.registry.members(group)
+        return record.vehicle_ids is None or vehicle_id in record.vehicle_ids
+
     def fence_for(principal: Principal, record: GeofenceRecord) -> dict[str, Any] | None:
         """The fence if it is for everyone or for a vehicle this reader may see
         (a recovery agent sees the fences of their own cars: a borrower's
         home is as private as a position), listing only those vehicles."""
-        if principal.can_write or record.vehicle_ids is None:
+        group = record.details.get("group")
+        if principal.can_write or (record.vehicle_ids is None and group is None):
             return geofence_view(record)
+        if group is not None:  # shown with its group's name, not the members
+            members = server.registry.members(group)
+            return geofence_view(record) if any(seen_by(principal, v) for v in members) else None
+        assert record.vehicle_ids is not None
         seen = [v for v in record.vehicle_ids if seen_by(principal, v)]
         if not seen:
             return None
@@ -149,6 +170,7 @@ def rule_routes(server: Server) -> APIRouter:
                 circle=body.circle.model_dump() if body.circle else None,
                 corridor=body.corridor.model_dump() if body.corridor else None,
                 fence_id=fence_id,
+                group=body.group,
             )
         except FenceError as exc:
             raise HTTPException(422, str(exc)) from None
@@ -171,7 +193,7 @@ def rule_routes(server: Server) -> APIRouter:
             view
             for r in server.fences.all()
             if (category is None or r.category == category)
-            and (vehicle_id is None or r.vehicle_ids is None or vehicle_id in r.vehicle_ids)
+            and (vehicle_id is None or applies(r, vehicle_id))
             and (view := fence_for(principal, r)) is not None
         ]
         return {"items": items}

@@ -24,6 +24,7 @@ class Registry:
         self.register_unknown_units = register_unknown_units
         self._units: dict[str, Unit] = {}
         self._vehicles: dict[str, Vehicle] = {}
+        self._groups: dict[str, set[str]] = {}  # group -> its vehicles' ids
         self._lock = asyncio.Lock()  # one vehicle change at a time keeps the maps consistent
 
     async def load(self) -> None:
@@ -33,11 +34,16 @@ class Registry:
         loaded = await self._store.all_vehicles()
         self._vehicles.update({vehicle.vehicle_id: vehicle for vehicle in loaded})
         self._units.update({unit.unique_id: unit for vehicle in loaded for unit in vehicle.units})
+        for vehicle in loaded:
+            if vehicle.group is not None:
+                self._groups.setdefault(vehicle.group, set()).add(vehicle.vehicle_id)
 
     def _remember(self, vehicle: Vehicle) -> None:
         self._vehicles[vehicle.vehicle_id] = vehicle
         for unit in vehicle.units:
             self._units[unit.unique_id] = unit
+        if vehicle.group is not None:
+            self._groups.setdefault(vehicle.group, set()).add(vehicle.vehicle_id)
 
     def _forget(self, vehicle_id: str) -> None:
         old = self._vehicles.pop(vehicle_id, None)
@@ -45,6 +51,14 @@ class Registry:
             for unit in old.units:
                 if self._units.get(unit.unique_id) == unit:
                     del self._units[unit.unique_id]
+            if old.group is not None and (members := self._groups.get(old.group)) is not None:
+                members.discard(vehicle_id)
+                if not members:
+                    del self._groups[old.group]
+
+    def members(self, group: str) -> frozenset[str]:
+        """The ids of the vehicles in this group now."""
+        return frozenset(self._groups.get(group, ()))
 
     def refresh(self, vehicle: Vehicle) -> None:
         """The store changed this vehicle outside ``put_vehicle`` (its assignees)."""
@@ -73,6 +87,7 @@ class Registry:
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
         loan_state: LoanState = "current",
+        group: str | None = None,
     ) -> tuple[Vehicle, bool]:
         """Create or replace a vehicle (``rules``: its threshold overrides, None
         for none) in the store, then here."""
@@ -85,6 +100,7 @@ class Registry:
                 units=units,
                 rules=rules,
                 loan_state=loan_state,
+                group=group,
             )
             self._forget(vehicle_id)
             self._remember(vehicle)

@@ -18,32 +18,50 @@ from shapely.geometry import shape
 from geofences.index import FenceIndex
 from geofences.model import Category, Fence, FenceError, shape_from_request, shape_to_geojson
 from tracker.rules import RuleEngine
-from tracker.store import GeofenceRecord, Store
+from tracker.store import GeofenceRecord, Store, Vehicle
+
+Members = Callable[[str], frozenset[str]]  # a group's vehicle ids now
 
 
-def to_fence(record: GeofenceRecord) -> Fence:
+def to_fence(record: GeofenceRecord, members: Members | None = None) -> Fence:
+    """The fence in force: a group's fence applies to the group's vehicles now."""
     category: Category = record.category  # type: ignore[assignment]  # checked on the way in
+    if (group := record.details.get("group")) is not None:
+        vehicle_ids: frozenset[str] | None = members(group) if members else frozenset()
+    elif record.vehicle_ids is not None:
+        vehicle_ids = frozenset(record.vehicle_ids)
+    else:
+        vehicle_ids = None
     return Fence(
         id=record.id,
         category=category,
         geometry=shape(record.geometry),  # type: ignore[arg-type]  # Polygon | MultiPolygon
-        vehicle_ids=frozenset(record.vehicle_ids) if record.vehicle_ids is not None else None,
+        vehicle_ids=vehicle_ids,
         name=record.name,
     )
 
 
 class Fences:
-    def __init__(self, store: Store, engine: RuleEngine, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: RuleEngine,
+        clock: Callable[[], datetime],
+        *,
+        members: Members | None = None,
+    ) -> None:
+        """``members``: a group's vehicle ids (the registry's), for group fences."""
         self._store = store
         self._engine = engine
         self._clock = clock
+        self._members = members
         self._records: dict[str, GeofenceRecord] = {}
         self._fences: dict[str, Fence] = {}  # built once per record, not at every change
         self._lock = asyncio.Lock()
 
     async def load(self) -> None:
         records = await self._store.list_geofences()
-        built = await asyncio.to_thread(lambda: [to_fence(r) for r in records])
+        built = await asyncio.to_thread(lambda: [to_fence(r, self._members) for r in records])
         self._records = {r.id: r for r in records}
         self._fences = {f.id: f for f in built}
         await self._rebuild()
@@ -71,6 +89,7 @@ class Fences:
         circle: dict[str, Any] | None,
         corridor: dict[str, Any] | None,
         fence_id: str | None = None,
+        group: str | None = None,
     ) -> GeofenceRecord:
         """Validate and store a fence, then put it in force.
 
@@ -83,6 +102,8 @@ class Fences:
             details["circle"] = circle
         if corridor is not None:
             details["corridor"] = corridor
+        if group is not None:  # instead of vehicle_ids: whichever vehicles are in it
+            details["group"] = group
         record = GeofenceRecord(
             id=fence_id or uuid.uuid4().hex,
             name=name,
@@ -95,9 +116,24 @@ class Fences:
         async with self._lock:
             await self._store.put_geofence(record)
             self._records[record.id] = record
-            self._fences[record.id] = to_fence(record)
+            self._fences[record.id] = to_fence(record, self._members)
             await self._rebuild()
         return record
+
+    async def regroup(self, before: Vehicle | None, after: Vehicle | None) -> None:
+        """A vehicle changed (``after`` None: deleted): the fences of the groups
+        it left or joined follow. Nothing to do for the usual sync of a vehicle
+        whose group stays as it was."""
+        moved = {v.group for v in (before, after) if v is not None and v.group is not None}
+        if not moved or (before is not None and after is not None and before.group == after.group):
+            return
+        async with self._lock:
+            stale = [r for r in self._records.values() if r.details.get("group") in moved]
+            if not stale:
+                return
+            for record in stale:
+                self._fences[record.id] = to_fence(record, self._members)
+            await self._rebuild()
 
     async def delete(self, fence_id: str) -> bool:
         async with self._lock:

@@ -151,7 +151,7 @@ class Server:
             ),
         )
         self.pipeline.observer = self.events
-        self.fences = Fences(self.store, self.engine, clock)
+        self.fences = Fences(self.store, self.engine, clock, members=self.registry.members)
         self.admin_key = admin_key(settings)
         self.access = Access(
             self.store,

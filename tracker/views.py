@@ -168,6 +168,7 @@ def vehicle(item: Vehicle) -> dict[str, Any]:
         "loan_state": item.loan_state,
         "loan_state_since": iso(item.loan_state_since) if item.loan_state_since else None,
         "assignees": list(item.assignees),
+        "group": item.group,
         "rules": item.rules,
     }
 

@@ -140,11 +140,13 @@ async def test_fleet_wide_rules_are_refused_per_vehicle(api: httpx.AsyncClient) 
 
 
 async def test_fences_take_no_unknown_key_and_no_empty_vehicle_list(api: httpx.AsyncClient) -> None:
-    """Both once made a fence for every vehicle: "group" was dropped unread, and
-    an empty list counted as none given."""
+    """Both once made a fence for every vehicle: a misspelt key was dropped
+    unread, and an empty list counted as none given."""
     circle = {"circle": {"lon": 10, "lat": 10, "radius_m": 100}, "category": "allowed_area"}
-    grouped = await api.post("/api/v1/geofences", json=circle | {"group": "fleet-a"})
-    assert "group" in detail(grouped, 422)
+    misspelt = await api.post("/api/v1/geofences", json=circle | {"vehicle_id": ["car-1"]})
+    assert "vehicle_id" in detail(misspelt, 422)
+    both = await api.post("/api/v1/geofences", json=circle | {"group": "g", "vehicle_ids": ["a"]})
+    assert "not both" in detail(both, 422)
     empty = await api.post("/api/v1/geofences", json=circle | {"vehicle_ids": []})
     assert "vehicle_ids" in detail(empty, 422)
     assert (await api.get("/api/v1/geofences")).json()["items"] == []

@@ -198,3 +198,36 @@ async def test_silence_survives_a_restart_and_fires_once(make_server: ServerFact
             await asyncio.sleep(0.6)  # a few clock ticks
             assert len(await events_of(api, "unit_silent")) == 1
         await server.stop()
+
+
+async def test_a_fence_for_a_group_follows_its_members(
+    server: Server, api: httpx.AsyncClient
+) -> None:
+    """A vehicle outside the group drives through unnoticed; put in the group,
+    it is watched by the group's fence."""
+    car = {"units": [{"unique_id": IMEI}], "group": "fleet-b"}
+    assert (await api.put("/api/v1/vehicles/veh-1", json=car)).json()["group"] == "fleet-b"
+    fence = {"name": "Pawn lot", "category": "risk_site", "circle": {**LOT, "radius_m": 300}}
+    created = await api.post("/api/v1/geofences", json=fence | {"group": "fleet-a"})
+    assert created.status_code == 201, created.text
+    assert (created.json()["group"], created.json()["vehicle_ids"]) == ("fleet-a", None)
+
+    async def drive(start: int, serial: int) -> None:
+        async with unit_connection(server) as unit:
+            assert await unit.send(LOGIN_FRAME) == LOGIN_REPLY
+            for k, metres in enumerate((3000, 0, 10, 3000, 3000)):
+                when = T0 + timedelta(seconds=start + 30 * k)
+                fix = gt06_location(when, LOT["lat"], east(metres), serial=serial + k)
+                assert await unit.send(fix) == ack(0x22, serial + k)
+
+    await drive(0, 2)
+    await asyncio.sleep(0.5)  # the rules take acked rows at their next tick (25 ms)
+    assert await events_of(api) == []
+    listed = (await api.get("/api/v1/geofences", params={"vehicle_id": "veh-1"})).json()
+    assert listed["items"] == []
+    await api.put("/api/v1/vehicles/veh-1", json=car | {"group": "fleet-a"})
+    listed = (await api.get("/api/v1/geofences", params={"vehicle_id": "veh-1"})).json()
+    assert [f["id"] for f in listed["items"]] == [created.json()["id"]]
+    await drive(600, 10)
+    stored = await wait_for_events(api, "geofence_enter", "risk_site_visit", count=2)
+    assert [e["fix_time"] for e in stored] == ["2026-11-29T10:11:00Z"] * 2

@@ -110,6 +110,26 @@ async def test_vehicle_rules_round_trip_and_are_replaced(store: Store) -> None:
     assert stored.rules == {}
 
 
+async def test_a_vehicles_group_round_trips_and_is_replaced(store: Store) -> None:
+    """Read back by each way a vehicle is read: one, a page, all at start-up."""
+    vehicle, _ = await store.put_vehicle(
+        "v1", plate=None, vin=None, loan_ref=None, units=[], group="fleet-a"
+    )
+    assert vehicle.group == "fleet-a"
+    await store.put_vehicle("v2", plate=None, vin=None, loan_ref=None, units=[])
+    got = await store.get_vehicle("v1")
+    assert got is not None
+    assert got.group == "fleet-a"
+    assert [v.group for v in await store.list_vehicles(after=None, limit=10)] == ["fleet-a", None]
+    assert [v.group for v in await store.all_vehicles()] == ["fleet-a", None]
+    moved, _ = await store.put_vehicle(
+        "v1", plate=None, vin=None, loan_ref=None, units=[], group="fleet-b"
+    )
+    left, _ = await store.put_vehicle("v2", plate=None, vin=None, loan_ref=None, units=[])
+    assert (moved.group, left.group) == ("fleet-b", None)
+    assert [v.group for v in await store.all_vehicles()] == ["fleet-b", None]
+
+
 async def test_vehicle_without_rules_has_none(store: Store) -> None:
     await register(store, "v1", "u1")
     vehicle = await store.get_vehicle("v1")
@@ -480,6 +500,7 @@ async def test_postgis_geometry_and_partitions(postgis_url: str) -> None:
             "0006_track_index.sql",
             "0007_reindexed_partitions.sql",
             "0008_audit_vehicles.sql",
+            "0009_vehicle_groups.sql",
         ]
     finally:
         await conn.close()

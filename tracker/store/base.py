@@ -67,6 +67,7 @@ class Vehicle:
     loan_state: LoanState = "current"
     loan_state_since: datetime | None = None  # when loan_state last changed
     assignees: tuple[str, ...] = ()  # user ids of the recovery agents on this car
+    group: str | None = None  # fences may apply to a group (migration 0009)
 
 
 @record
@@ -292,6 +293,7 @@ class Store(Protocol):
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
         loan_state: LoanState = "current",
+        group: str | None = None,
     ) -> tuple[Vehicle, bool]:
         """Create or replace a vehicle and its units; return it and whether it is new.
 

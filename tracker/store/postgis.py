@@ -128,11 +128,11 @@ TRACK_ROW_FIELDS = TRACK_FIELDS.replace(
 # loan_state_since moves only when loan_state does (or the vehicle is new).
 UPSERT_VEHICLE = """
 INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, rules, loan_state, loan_state_since,
-                      updated_at)
-VALUES ($1, $2, $3, $4, $5, $6, now(), now())
+                      updated_at, group_id)
+VALUES ($1, $2, $3, $4, $5, $6, now(), now(), $7)
 ON CONFLICT (vehicle_id) DO UPDATE
 SET plate = EXCLUDED.plate, vin = EXCLUDED.vin, loan_ref = EXCLUDED.loan_ref,
-    rules = EXCLUDED.rules, updated_at = EXCLUDED.updated_at,
+    rules = EXCLUDED.rules, updated_at = EXCLUDED.updated_at, group_id = EXCLUDED.group_id,
     loan_state = EXCLUDED.loan_state,
     loan_state_since = CASE WHEN vehicles.loan_state = EXCLUDED.loan_state
                             THEN vehicles.loan_state_since
@@ -258,13 +258,14 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
         loan_state: LoanState = "current",
+        group: str | None = None,
     ) -> tuple[Vehicle, bool]:
         wanted = vehicle_units(vehicle_id, units)
         wanted_rules = dict(rules or {})
         ids = [u.unique_id for u in wanted]
         async with self._pool.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
-                UPSERT_VEHICLE, vehicle_id, plate, vin, loan_ref, wanted_rules, loan_state
+                UPSERT_VEHICLE, vehicle_id, plate, vin, loan_ref, wanted_rules, loan_state, group
             )
             assert row is not None
             await conn.execute(
@@ -303,6 +304,7 @@ class PostgisStore(PostgisStartup, PostgisEvents, PostgisAccess):
             loan_state,
             row["loan_state_since"],
             tuple(a["user_id"] for a in assignees),
+            group,
         )
         return vehicle, row["created"]
 

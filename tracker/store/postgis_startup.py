@@ -56,7 +56,7 @@ FROM {{units}} CROSS JOIN LATERAL (
 # rules: NULL for the usual '{}' saves decoding a million empty JSON objects
 VEHICLE_FIELDS = (
     "vehicle_id, plate, vin, loan_ref, updated_at, NULLIF(rules, '{}'), loan_state,"
-    " loan_state_since"
+    " loan_state_since, group_id"
 )
 
 # The one str object for each value of these columns: a million vehicles share
@@ -130,8 +130,9 @@ def assemble_vehicles(
             LOAN_STATES.get(loan_state, loan_state),
             since,
             tuple(assignees.get(vehicle_id, ())),
+            group,
         )
-        for vehicle_id, plate, vin, loan_ref, updated_at, rules, loan_state, since in rows
+        for vehicle_id, plate, vin, loan_ref, updated_at, rules, loan_state, since, group in rows
     ]
 
 

@@ -142,10 +142,11 @@ class SqliteStore(SqliteEvents, SqliteAccess):
         units: Sequence[Unit],
         rules: Mapping[str, Any] | None = None,
         loan_state: LoanState = "current",
+        group: str | None = None,
     ) -> tuple[Vehicle, bool]:
         db, wanted_rules = self._db, dict(rules or {})
         return await self._run(
-            db.put_vehicle, vehicle_id, plate, vin, loan_ref, units, wanted_rules, loan_state
+            db.put_vehicle, vehicle_id, plate, vin, loan_ref, units, wanted_rules, loan_state, group
         )
 
     async def get_vehicle(self, vehicle_id: str) -> Vehicle | None:
@@ -284,6 +285,7 @@ class SqliteDb(EventsDb, AccessDb):
         units: Sequence[Unit],
         rules: dict[str, Any],
         loan_state: LoanState,
+        group: str | None,
     ) -> tuple[Vehicle, bool]:
         wanted = vehicle_units(vehicle_id, units)
         now = to_us(datetime.now(UTC))
@@ -303,12 +305,13 @@ class SqliteDb(EventsDb, AccessDb):
             since = now if old is None or old[0] != loan_state else old[1]
             conn.execute(
                 "INSERT INTO vehicles (vehicle_id, plate, vin, loan_ref, updated_at, rules,"
-                " loan_state, loan_state_since) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " loan_state, loan_state_since, group_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (vehicle_id) DO UPDATE"
                 " SET plate = excluded.plate, vin = excluded.vin, loan_ref = excluded.loan_ref,"
                 " updated_at = excluded.updated_at, rules = excluded.rules,"
-                " loan_state = excluded.loan_state, loan_state_since = excluded.loan_state_since",
-                (vehicle_id, plate, vin, loan_ref, now, json_text(rules), loan_state, since),
+                " loan_state = excluded.loan_state, loan_state_since = excluded.loan_state_since,"
+                " group_id = excluded.group_id",
+                (vehicle_id, plate, vin, loan_ref, now, json_text(rules), loan_state, since, group),
             )
             conn.execute(
                 "DELETE FROM units WHERE vehicle_id = ?"
@@ -340,6 +343,7 @@ class SqliteDb(EventsDb, AccessDb):
             loan_state,
             from_us_or_none(since),
             tuple(user_id for (user_id,) in assignees),
+            group,
         )
         return vehicle, created
 
@@ -349,7 +353,7 @@ class SqliteDb(EventsDb, AccessDb):
         with self.transaction("BEGIN") as conn:  # one snapshot for every read
             rows = conn.execute(
                 "SELECT vehicle_id, plate, vin, loan_ref, updated_at, rules, loan_state,"
-                f" loan_state_since FROM vehicles {where}",
+                f" loan_state_since, group_id FROM vehicles {where}",
                 args,
             ).fetchall()
             ids = orjson.dumps([r[0] for r in rows]).decode()
@@ -381,8 +385,9 @@ class SqliteDb(EventsDb, AccessDb):
                 loan_state,
                 from_us_or_none(since),
                 tuple(assignees.get(vid, ())),
+                group,
             )
-            for vid, plate, vin, loan_ref, updated_at, rules, loan_state, since in rows
+            for vid, plate, vin, loan_ref, updated_at, rules, loan_state, since, group in rows
         ]
 
     def delete_vehicle(self, vehicle_id: str) -> bool:
