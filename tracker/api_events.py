@@ -253,10 +253,9 @@ def rule_routes(server: Server) -> APIRouter:
         processing a page and pass it as ``after``: nothing is missed or
         counted twice, across server restarts too."""
         principal.require("admin", "servicing", "viewer")
-        try:
-            cursor = int(after) if after else 0
-        except ValueError:
-            raise HTTPException(400, "after must be a next_cursor this server gave out") from None
+        if after and not (after.isascii() and after.isdigit()):  # int() takes "+5", "1_0"
+            raise HTTPException(400, "after must be a next_cursor this server gave out")
+        cursor = int(after) if after else 0
         if not 0 <= cursor <= MAX_SEQ:
             raise HTTPException(400, "after must be a next_cursor this server gave out")
         events = await server.store.events(after=cursor, limit=limit + 1)

@@ -136,8 +136,14 @@ class Events:
             self._queued.set()
             return
         self.stats["events"] += len(stored)
+        open_alerts = self.engine.open
         for event in stored:
             self.stats[f"events.{event.type}"] += 1
+            if event.alert_key is not None:  # still open: hold the stored one, with its seq
+                key = (event.vehicle_id, event.alert_key)
+                held = open_alerts.get(key)
+                if held is not None and held.id == event.id:
+                    open_alerts[key] = event
             body = views.event(event)
             body["event_type"] = body.pop("type")
             self._hub.publish(

@@ -291,6 +291,9 @@ async def test_gated_readers_get_events_without_places(world: dict[str, Any]) ->
     [whole] = events.json()["items"]
     assert whole["type"] == "sos"
     assert whole["lat"] == pytest.approx(-6.3)
+    alerts = (await world["servicing"].get("/api/v1/alerts", params={"vehicle_id": "car-s"})).json()
+    assert [(a["id"], a["seq"]) for a in alerts["items"]] == [(whole["id"], whole["seq"])]
+    assert isinstance(whole["seq"], int)  # /alerts once showed null
     viewer = world["viewer"]
     [hidden] = (await viewer.get("/api/v1/events", params={"vehicle_id": "car-s"})).json()["items"]
     assert (hidden["id"], hidden["lat"], hidden["lon"]) == (whole["id"], None, None)

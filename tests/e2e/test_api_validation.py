@@ -150,3 +150,12 @@ async def test_fences_take_no_unknown_key_and_no_empty_vehicle_list(api: httpx.A
     empty = await api.post("/api/v1/geofences", json=circle | {"vehicle_ids": []})
     assert "vehicle_ids" in detail(empty, 422)
     assert (await api.get("/api/v1/geofences")).json()["items"] == []
+
+
+@pytest.mark.parametrize("after", ["+5", " 5", "1_0", "\u0665", "-1"])
+async def test_feed_cursors_are_only_what_the_server_gives(
+    api: httpx.AsyncClient, after: str
+) -> None:
+    assert "next_cursor" in detail(
+        await api.get("/api/v1/feed/events", params={"after": after}), 400
+    )
