@@ -12,8 +12,10 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import AfterValidator, Field
 from starlette.exceptions import HTTPException
+
+from tracker.rules import EVENT_TYPES
 
 ID_PATTERN = r"^[A-Za-z0-9._:-]+$"
 # A vehicle id is the servicing system's own key: anything on one line but '/'.
@@ -33,7 +35,22 @@ Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # what a unit says it is (IMEI, phone id)
 UniqueId = Annotated[str, Field(min_length=1, max_length=64, pattern=ID_PATTERN)]
 VehicleId = Annotated[str, Field(min_length=1, max_length=128, pattern=VEHICLE_ID_PATTERN)]
-EventType = Annotated[str, Field(min_length=1, max_length=64, pattern=EVENT_TYPE_PATTERN)]
+
+
+def _known_event_type(name: str) -> str:
+    """A misspelt type would filter out everything, or subscribe to nothing."""
+    if name not in EVENT_TYPES:
+        raise ValueError(
+            f"unknown event type {name!r}; event types: {', '.join(sorted(EVENT_TYPES))}"
+        )
+    return name
+
+
+EventType = Annotated[
+    str,
+    Field(min_length=1, max_length=64, pattern=EVENT_TYPE_PATTERN),
+    AfterValidator(_known_event_type),
+]
 
 MAX_SEQ = 2**63 - 1  # sequence numbers are 64-bit in both stores
 # Times a query may name. Wider would overflow date arithmetic (a day before year 1).

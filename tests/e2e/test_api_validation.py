@@ -159,3 +159,13 @@ async def test_feed_cursors_are_only_what_the_server_gives(
     assert "next_cursor" in detail(
         await api.get("/api/v1/feed/events", params={"after": after}), 400
     )
+
+
+async def test_misspelt_event_types_are_refused(api: httpx.AsyncClient) -> None:
+    """Once a filter that matched nothing, or a subscription that never fired."""
+    listed = await api.get("/api/v1/events", params={"type": "sos_cleard"})
+    assert "unknown event type 'sos_cleard'" in detail(listed, 422)
+    hook = {"url": "https://example.com/hook", "event_types": ["no_such_type"]}
+    assert "sos_cleared" in detail(await api.post("/api/v1/webhooks", json=hook), 422)
+    fine = await api.get("/api/v1/events", params={"type": ["sos_cleared", "geofence_enter"]})
+    assert fine.status_code == 200

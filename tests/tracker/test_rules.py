@@ -364,3 +364,34 @@ def test_farther_than_agrees_with_the_distance_and_skips_it_when_latitudes_settl
     step = distance_m(45.0, 7.0, 45.001, 7.0)
     assert farther_than(45.0, 7.0, 45.001, 7.0, step - 0.01)
     assert not farther_than(45.0, 7.0, 45.001, 7.0, step + 0.01)
+
+
+def test_every_event_the_rules_can_make_is_a_known_type() -> None:
+    """EVENT_TYPES is what the events route and webhooks accept: each type the
+    rules name when they make an event is in it (literal names, and the
+    ``f"{name}_cleared"`` of every clearable one)."""
+    import ast
+    import sys
+    from pathlib import Path
+
+    from tracker.rules import EVENT_TYPES
+
+    named: set[str] = set()
+    for source in Path(sys.modules[RuleEngine.__module__].__file__ or "").parent.glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "_event"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                named.add(node.args[0].value)
+            if (
+                isinstance(node, ast.Assign)
+                and isinstance(node.value, ast.Constant)
+                and any(isinstance(t, ast.Name) and t.id == "key" for t in node.targets)
+            ):
+                named |= {node.value.value, f"{node.value.value}_cleared"}
+    assert len(named) > 10
+    assert named <= EVENT_TYPES, named - EVENT_TYPES

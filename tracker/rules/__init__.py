@@ -1,5 +1,5 @@
 """Risk rules: pure state machines turning positions and time into events."""
 
-from tracker.rules.engine import RuleEngine, RuleSettings
+from tracker.rules.engine import EVENT_TYPES, RuleEngine, RuleSettings
 
-__all__ = ["RuleEngine", "RuleSettings"]
+__all__ = ["EVENT_TYPES", "RuleEngine", "RuleSettings"]
