@@ -368,6 +368,7 @@ def create_app(server: Server) -> FastAPI:
         if not await server.registry.delete_vehicle(vehicle_id):
             raise HTTPException(404, f"no vehicle {vehicle_id!r}")
         await server.fences.regroup(before, None)
+        server.engine.forget_vehicle(vehicle_id)
         now = server.clock()  # its share links end with it: a new car of that id is another
         for share in await server.store.list_shares(vehicle_id=vehicle_id):
             if share.revoked_at is None and await server.store.revoke_share(share.id, now):

@@ -128,14 +128,22 @@ def rule_routes(server: Server) -> APIRouter:
     write = [Depends(writer)]
 
     def seen_by(principal: Principal, vehicle_id: str) -> bool:
+        """A deleted vehicle's events stay: for everyone but recovery agents, who
+        see only the cars assigned to them."""
         vehicle = server.registry.vehicle(vehicle_id)
-        return vehicle is None or server.access.may_see(principal, vehicle)
+        if vehicle is None:
+            return principal.role != "recovery"
+        return server.access.may_see(principal, vehicle)
 
     def event_for(principal: Principal, item: Event) -> dict[str, Any]:
         """The event as this reader may see it: without where it happened when
-        the vehicle's positions are not shown to them (its loan state)."""
+        the vehicle's positions are not shown to them (its loan state; of a
+        deleted vehicle, only admin and servicing see them)."""
         vehicle = server.registry.vehicle(item.vehicle_id)
-        located = vehicle is None or server.access.may_track(principal, vehicle)
+        if vehicle is None:
+            located = principal.can_write
+        else:
+            located = server.access.may_track(principal, vehicle)
         return views.event(item, located=located)
 
     def applies(record: GeofenceRecord, vehicle_id: str) -> bool:

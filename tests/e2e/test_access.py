@@ -305,6 +305,13 @@ async def test_gated_readers_get_events_without_places(world: dict[str, Any]) ->
     assert (alert["lat"], alert["lon"]) == (None, None)
     feed = (await viewer.get("/api/v1/feed/events")).json()["data"]
     assert [(e["lat"], e["lon"]) for e in feed if e["vehicle_id"] == "car-s"] == [(None, None)]
+    assert (await world["admin"].delete("/api/v1/vehicles/car-s")).status_code == 204
+    left = (await world["servicing"].get("/api/v1/alerts", params={"vehicle_id": "car-s"})).json()
+    assert left["items"] == []  # nothing of it can clear them now
+    # its events stay in the log: the viewer still gets them without places
+    [kept] = (await viewer.get("/api/v1/events", params={"vehicle_id": "car-s"})).json()["items"]
+    assert (kept["lat"], kept["lon"]) == (None, None)
+    assert (await world["recovery"].get("/api/v1/events")).json()["items"] == []
 
 
 async def test_recovery_agents_see_only_their_cars_fences(world: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -200,6 +201,19 @@ def test_an_allowed_area_for_no_vehicle_confines_none() -> None:
     world = World([area])
     events = [e for k in range(4) for e in world.fix(k * 60, 5000)]
     assert "outside_allowed_area" not in types(events)
+
+
+def test_a_deleted_vehicles_alerts_are_not_kept_open() -> None:
+    """Deleted while alerts were open: nothing of it can clear them, so neither
+    the running engine nor the next start-up holds them."""
+    world = World()
+    opened = world.fix(0, 0, power_cut=True)
+    gone = [replace(e, vehicle_id="gone") for e in opened]
+    again = World()
+    again.engine.restore([*opened, *gone], {"111": T0}, CAR.units, [], T0)
+    assert list(again.engine.open) == [("car", "power_cut:111")]
+    again.engine.forget_vehicle("car")
+    assert again.engine.open == {}
 
 
 def test_the_risk_window_is_the_vehicles_own() -> None:

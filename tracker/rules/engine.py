@@ -131,6 +131,11 @@ class RuleEngine(MotionRules):
             for fence_id in [f for f in state.fences if f not in self._fences]:
                 del state.fences[fence_id]
 
+    def forget_vehicle(self, vehicle_id: str) -> None:
+        """A deleted vehicle's open alerts: nothing of it can clear them now."""
+        for key in [k for k in self.open if k[0] == vehicle_id]:
+            del self.open[key]
+
     def restore(
         self,
         open_alerts: Iterable[Event],
@@ -142,6 +147,8 @@ class RuleEngine(MotionRules):
         """Start-up: open alerts and silence deadlines from the store. A deadline
         that passed while the server was down fires on the next ``due``, once."""
         for event in open_alerts:
+            if self._vehicle(event.vehicle_id) is None:
+                continue  # deleted: nothing of it can clear them
             if event.alert_key is not None:
                 self.open[(event.vehicle_id, event.alert_key)] = event
                 name, _, unique_id = event.alert_key.partition(":")
