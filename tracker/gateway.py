@@ -103,12 +103,24 @@ class Session:
                 if not self.refused:
                     unit = await self._unit_for(message)
             elif message.unique_id not in (None, unit.unique_id):
-                unit = None
+                # another unit's login or message: dropped, and the connection closed, so
+                # that a unit whose link was mixed up logs in afresh instead of waiting
+                # for acks that never come
+                self.stats[f"messages_dropped.{self.protocol}.other_unit"] += 1
+                log.info(
+                    "closed %s (%s) from %s: a message of unit %s on its connection",
+                    unit.unique_id,
+                    self.protocol,
+                    self.peer,
+                    message.unique_id,
+                    extra=self.log_extra,
+                )
+                self.refused = True
+                break
             if unit is None:
                 if self.refused:
                     break
-                reason = "before_login" if self.unit is None else "other_unit"
-                self.stats[f"messages_dropped.{self.protocol}.{reason}"] += 1
+                self.stats[f"messages_dropped.{self.protocol}.before_login"] += 1
                 continue
             if isinstance(message, Position):
                 positions += 1
