@@ -7,6 +7,7 @@ all protocols (``ATTRIBUTES``). Protocol-specific values go in ``raw``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar, dataclass_transform
@@ -47,6 +48,10 @@ ATTRIBUTES = frozenset(
         "event",  # str: the unit's own event name (OsmAnd "event", ...)
     }
 )
+
+# What a unit's identifier may be, as the REST API registers units: ids outside
+# it could never be registered, and would only reach logs and lists.
+UNIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 # Attribute names that mean "the unit raised an alarm".
 ALARMS = frozenset(

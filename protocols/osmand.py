@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
-from protocols.messages import ATTRIBUTES, Position
+from protocols.messages import ATTRIBUTES, UNIT_ID, Position
 
 __all__ = ["NoFix", "OsmandError", "SpeedUnit", "decode", "decode_form", "decode_json"]
 
@@ -50,7 +50,6 @@ ALIASES = {"batt": "battery_pct", "charge": "charging"}
 _UNIX = re.compile(r"([0-9]+)(?:\.([0-9]+))?")
 _DATE_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}")
 _BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
-UNIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # as the REST API registers units
 MAX_DEPTH = 16  # nesting of a JSON body: Traccar Client sends 3
 
 

@@ -279,15 +279,7 @@ async def _stream(
                     hub.unsubscribe(subscriber)  # no data frame after the close frame
                     await websocket.close(code=code)
                     break
-                if (
-                    share is None
-                    and principal is not None
-                    and principal.role
-                    not in (
-                        "admin",
-                        "servicing",
-                    )
-                ):
+                if share is None and principal is not None and not principal.can_write:
                     now_allowed = _allowed(server, principal, wanted)
                     if now_allowed != vehicle_ids:  # loan state or assignment changed
                         if added := sorted((now_allowed or set()) - (vehicle_ids or set())):

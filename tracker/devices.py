@@ -8,14 +8,12 @@ round trip); an unknown unit is remembered for ``GET /api/v1/units/unknown``.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from protocols.messages import UNIT_ID
 from tracker.store import LoanState, Store, Unit, UnknownSighting, Vehicle
-
-UNIT_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # what the REST API accepts as a unique_id
 
 
 class Registry:

@@ -27,42 +27,16 @@ from geofences.index import FenceIndex
 from geofences.model import Fence
 from tracker.rules.alerts import iso
 from tracker.rules.fences import FenceState, Seen, observe
+from tracker.rules.kinds import ALARM_EVENTS, ALARM_NAMES, ALARM_SEVERITY
 from tracker.rules.motion import MotionRules, Tow
 from tracker.rules.silence import Deadlines
 from tracker.store import Event, StoredPosition, Unit, Vehicle
-
-ALARM_EVENTS = ("power_cut", "removed", "low_battery", "sos", "jamming")
-_ALARM_NAMES = frozenset(ALARM_EVENTS)
-ALARM_SEVERITY = {"sos": "critical", "removed": "critical", "power_cut": "critical"}
-# Every event type the rules make (tests/tracker/test_rules.py holds the code to it):
-# what the events route and webhook subscriptions may name.
-_CLEARABLE = (
-    *ALARM_EVENTS,
-    "outside_allowed_area",
-    "wired_silent_battery_alive",
-    "units_separated",
-    "towed",
-    "long_stay",
-    "night_location_changed",
-    "gathering",
-)
-EVENT_TYPES = frozenset(
-    {
-        "geofence_enter",
-        "geofence_exit",
-        "risk_site_visit",
-        "unit_silent",
-        "unit_back",
-        *_CLEARABLE,
-        *(f"{name}_cleared" for name in _CLEARABLE),
-    }
-)
 
 
 def _quiet(alarmed: set[str], unique_id: str, attributes: dict[str, Any]) -> bool:
     """Nearly every fix: it raises no alarm, and its unit has none open to clear
     (a function, not a method: the batch loop asks it before calling ``alarms``)."""
-    return unique_id not in alarmed and _ALARM_NAMES.isdisjoint(attributes)
+    return unique_id not in alarmed and ALARM_NAMES.isdisjoint(attributes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +126,7 @@ class RuleEngine(MotionRules):
             if event.alert_key is not None:
                 self.open[(event.vehicle_id, event.alert_key)] = event
                 name, _, unique_id = event.alert_key.partition(":")
-                if name in _ALARM_NAMES:
+                if name in ALARM_NAMES:
                     self._alarmed.add(unique_id)
                     # raised then at least: it clears after alarm_clear_s without it
                     self._alarm_at[(unique_id, name)] = event.fix_time or event.detected_at
