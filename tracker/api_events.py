@@ -147,21 +147,20 @@ def rule_routes(server: Server) -> APIRouter:
         return views.event(item, located=located)
 
     def applies(record: GeofenceRecord, vehicle_id: str) -> bool:
-        if (group := record.details.get("group")) is not None:
-            return vehicle_id in server.registry.members(group)
-        return record.vehicle_ids is None or vehicle_id in record.vehicle_ids
+        vehicle_ids = server.fences.vehicle_ids(record.id)
+        return vehicle_ids is None or vehicle_id in vehicle_ids
 
     def fence_for(principal: Principal, record: GeofenceRecord) -> dict[str, Any] | None:
         """The fence if it is for everyone or for a vehicle this reader may see
         (a recovery agent sees the fences of their own cars: a borrower's
         home is as private as a position), listing only those vehicles."""
-        group = record.details.get("group")
-        if principal.can_write or (record.vehicle_ids is None and group is None):
+        vehicle_ids = server.fences.vehicle_ids(record.id)
+        if principal.can_write or vehicle_ids is None:
             return geofence_view(record)
-        if group is not None:  # shown with its group's name, not the members
-            members = server.registry.members(group)
-            return geofence_view(record) if any(seen_by(principal, v) for v in members) else None
-        assert record.vehicle_ids is not None
+        if record.vehicle_ids is None:  # a group's: shown with its name, not the members
+            return (
+                geofence_view(record) if any(seen_by(principal, v) for v in vehicle_ids) else None
+            )
         seen = [v for v in record.vehicle_ids if seen_by(principal, v)]
         if not seen:
             return None

@@ -76,6 +76,11 @@ class Fences:
     def get(self, fence_id: str) -> GeofenceRecord | None:
         return self._records.get(fence_id)
 
+    def vehicle_ids(self, fence_id: str) -> frozenset[str] | None:
+        """The vehicles a fence in force applies to (a group's resolved to its
+        members, as the rules see them); None: every vehicle."""
+        return self._fences[fence_id].vehicle_ids
+
     def all(self) -> list[GeofenceRecord]:
         return sorted(self._records.values(), key=lambda r: r.id)
 
